@@ -1,0 +1,60 @@
+/**
+ * The QKD-module driver interface. keypoold depends only on this file; the
+ * simulator, and the serial/HID drivers of the module protocol, implement it.
+ */
+
+export type DriverState = 'closed' | 'opening' | 'ready' | 'degraded' | 'failed';
+
+/** A block of secret key as the module emits it. Both modules of a link emit
+ * the same material under the same `blockId`; ids increase by one. */
+export interface KeyBlock {
+  blockId: number;
+  bits: number;
+  /** Secret. The consumer zeroes it once stored. */
+  material: Buffer;
+}
+
+export interface QkdModuleInfo {
+  moduleId: string;
+  linkId: string;
+  firmware: string;
+}
+
+export interface QkdModuleDriver {
+  readonly state: DriverState;
+  open(signal?: AbortSignal): Promise<QkdModuleInfo>;
+  /** Idempotent. Ends any running `blocks()` iteration. */
+  close(): Promise<void>;
+  linkStatus(): Promise<{ up: boolean; qber?: number; keyRateBps?: number }>;
+  /**
+   * Blocks with ids >= `fromId`, in order, in batches of whatever is ready.
+   * Pull-based: the module produces no more than the consumer asks for, so a
+   * consumer that stops pulling (pool full) loses nothing.
+   */
+  blocks(fromId: number, signal?: AbortSignal): AsyncIterable<KeyBlock[]>;
+  /** The consumer holds every block up to `blockId` durably. */
+  ack(blockId: number): void;
+}
+
+/** Injected time source, so tests can drive time. */
+export interface Clock {
+  now(): number;
+  sleep(ms: number, signal?: AbortSignal): Promise<void>;
+}
+
+export const systemClock: Clock = {
+  now: () => Date.now(),
+  sleep: (ms, signal) =>
+    new Promise<void>((resolve, reject) => {
+      if (signal?.aborted) return reject(signal.reason);
+      const t = setTimeout(() => {
+        signal?.removeEventListener('abort', onAbort);
+        resolve();
+      }, ms);
+      const onAbort = () => {
+        clearTimeout(t);
+        reject(signal!.reason);
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+    }),
+};

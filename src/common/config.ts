@@ -1,0 +1,164 @@
+/**
+ * One JSON configuration file per node, read by both daemons of that node.
+ * Relative paths are resolved against the directory of the configuration file.
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { z } from 'zod';
+
+const entityId = z.string().min(1).max(128);
+const tlsFiles = z.object({ cert: z.string(), key: z.string(), ca: z.string() }).strict();
+
+export const identitySchema = z.discriminatedUnion('source', [
+  z.object({ source: z.literal('subject_cn') }).strict(),
+  /** The first SAN URI starting with `prefix`; the SAE ID is the rest of it. */
+  z.object({ source: z.literal('san_uri'), prefix: z.string().default('') }).strict(),
+]);
+
+export const limitsSchema = z
+  .object({
+    default_key_size: z.number().int().positive().default(256),
+    min_key_size: z.number().int().positive().default(64),
+    max_key_size: z.number().int().positive().default(8192),
+    max_key_per_request: z.number().int().positive().default(128),
+    max_key_count: z.number().int().positive().default(100000),
+    max_SAE_ID_count: z.number().int().min(0).default(4),
+  })
+  .strict()
+  .refine((l) => l.min_key_size <= l.default_key_size && l.default_key_size <= l.max_key_size, {
+    message: 'need min_key_size <= default_key_size <= max_key_size',
+  })
+  .refine((l) => [l.min_key_size, l.default_key_size, l.max_key_size].every((s) => s % 8 === 0), {
+    message: 'key sizes must be multiples of 8',
+  });
+
+export const simQkdSchema = z
+  .object({
+    driver: z.literal('sim'),
+    /** File holding the hex seed both simulated modules share. */
+    seed_file: z.string(),
+    /** Secret key rate of the simulated link in bits per second. */
+    rate_bps: z.number().positive(),
+    /** Bits per key block (multiple of 8). */
+    block_bits: z.number().int().positive().multipleOf(8).default(65536),
+    /** Unix ms at which block 0 was produced; both ends must agree. */
+    epoch_ms: z.number().int().nonnegative(),
+  })
+  .strict();
+
+export const linkSchema = z
+  .object({
+    link_id: entityId,
+    peer_kme_id: entityId,
+    /** Base URL of the peer keypoold's KME-to-KME listener. */
+    peer_url: z.string().url(),
+    qkd: simQkdSchema,
+  })
+  .strict();
+
+export const nodeConfigSchema = z
+  .object({
+    kme_id: entityId,
+    state_dir: z.string(),
+    /** lowdb JSON file: the SAE registry (which SAE sits at which KME, and its allow-list). */
+    registry_file: z.string(),
+    keypoold: z
+      .object({
+        /** Unix socket of keypoold's local API (used by kme-api and maintenance tools). */
+        socket: z.string(),
+      })
+      .strict(),
+    api: z
+      .object({
+        host: z.string().default('127.0.0.1'),
+        port: z.number().int().min(0).max(65535),
+        tls: tlsFiles,
+        identity: identitySchema.default({ source: 'subject_cn' }),
+        max_body_bytes: z.number().int().positive().default(65536),
+      })
+      .strict(),
+    peer: z
+      .object({
+        host: z.string().default('127.0.0.1'),
+        port: z.number().int().min(0).max(65535),
+        tls: tlsFiles,
+        /** How long to wait for the peer to confirm a reservation before failing closed. */
+        timeout_ms: z.number().int().positive().default(2000),
+      })
+      .strict(),
+    limits: limitsSchema.default({
+      default_key_size: 256,
+      min_key_size: 64,
+      max_key_size: 8192,
+      max_key_per_request: 128,
+      max_key_count: 100000,
+      max_SAE_ID_count: 4,
+    }),
+    /** Keys delivered to a master but not fetched by every slave are erased after this. */
+    key_ttl_seconds: z.number().int().positive().default(300),
+    /** The slave's KME keeps an unfetched key this much past the master KME's expiry (clock skew). */
+    expiry_grace_seconds: z.number().int().nonnegative().default(5),
+    master_key: z.discriminatedUnion('provider', [
+      z.object({ provider: z.literal('file'), path: z.string() }).strict(),
+    ]),
+    links: z.array(linkSchema).default([]),
+    log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  })
+  .strict();
+
+export type NodeConfig = z.infer<typeof nodeConfigSchema>;
+export type Limits = NodeConfig['limits'];
+export type LinkConfig = z.infer<typeof linkSchema>;
+export type IdentityConfig = z.infer<typeof identitySchema>;
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+/** Parse and validate a config object; relative paths resolve against `baseDir`. */
+export function parseConfig(raw: unknown, baseDir: string): NodeConfig {
+  const parsed = nodeConfigSchema.safeParse(raw);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `  ${i.path.join('.') || '(root)'}: ${i.message}`);
+    throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
+  }
+  const c = parsed.data;
+  const abs = (p: string) => (isAbsolute(p) ? p : resolve(baseDir, p));
+  return {
+    ...c,
+    state_dir: abs(c.state_dir),
+    registry_file: abs(c.registry_file),
+    keypoold: { socket: abs(c.keypoold.socket) },
+    api: { ...c.api, tls: mapTls(c.api.tls, abs) },
+    peer: { ...c.peer, tls: mapTls(c.peer.tls, abs) },
+    master_key: { ...c.master_key, path: abs(c.master_key.path) },
+    links: c.links.map((l) => ({ ...l, qkd: { ...l.qkd, seed_file: abs(l.qkd.seed_file) } })),
+  };
+}
+
+function mapTls(t: z.infer<typeof tlsFiles>, abs: (p: string) => string) {
+  return { cert: abs(t.cert), key: abs(t.key), ca: abs(t.ca) };
+}
+
+export function loadConfig(path: string): NodeConfig {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new ConfigError(`cannot read configuration ${path}: ${(e as Error).message}`);
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError(`configuration ${path} is not valid JSON: ${(e as Error).message}`);
+  }
+  return parseConfig(raw, dirname(resolve(path)));
+}
+
+/** `--config <path>` from argv, else KME_CONFIG, else /etc/kme/kme.json. */
+export function configPathFromArgv(argv: string[], env = process.env): string {
+  const i = argv.indexOf('--config');
+  if (i >= 0 && argv[i + 1]) return argv[i + 1]!;
+  return env.KME_CONFIG ?? '/etc/kme/kme.json';
+}

@@ -1,0 +1,99 @@
+/**
+ * The local pool API: what kme-api (and maintenance tools) ask keypoold over
+ * its Unix socket. Requests have already been authenticated (the caller SAE ID
+ * comes from a verified client certificate) and shape-validated by kme-api;
+ * keypoold re-checks limits and does all authorisation and key work.
+ *
+ * Wire format: newline-delimited JSON, one object per line.
+ *   request:  {"id": <int>, "op": <op>, "args": {...}}
+ *   response: {"id": <int>, "ok": true, "result": {...}}
+ *          or {"id": <int>, "ok": false, "error": {"code": KmeErrorCode, "message": string, "details"?: [...]}}
+ * Responses may come back in any order; `id` matches them to requests.
+ */
+import type { KmeErrorCode } from '../common/errors.js';
+
+export interface StatusArgs {
+  caller: string;
+  slave: string;
+}
+
+export interface StatusResult {
+  source_KME_ID: string;
+  target_KME_ID: string;
+  master_SAE_ID: string;
+  slave_SAE_ID: string;
+  key_size: number;
+  stored_key_count: number;
+  max_key_count: number;
+  max_key_per_request: number;
+  max_key_size: number;
+  min_key_size: number;
+  max_SAE_ID_count: number;
+}
+
+export interface EncKeysArgs {
+  caller: string;
+  slave: string;
+  /** additional_slave_SAE_IDs, already checked for shape (may be empty). */
+  additional: string[];
+  number: number;
+  /** Bits, already defaulted and range-checked by kme-api. */
+  size: number;
+}
+
+export interface DecKeysArgs {
+  caller: string;
+  master: string;
+  key_ids: string[];
+}
+
+/** Key material travels as standard padded base64, as the ETSI container wants it. */
+export interface KeyResult {
+  key_ID: string;
+  key: string;
+}
+
+export interface KeysResult {
+  keys: KeyResult[];
+}
+
+export interface PoolOps {
+  status: { args: StatusArgs; result: StatusResult };
+  enc_keys: { args: EncKeysArgs; result: KeysResult };
+  dec_keys: { args: DecKeysArgs; result: KeysResult };
+  /** Liveness and a short health summary for tools. */
+  health: { args: Record<string, never>; result: HealthResult };
+}
+
+export interface HealthResult {
+  kme_id: string;
+  ok: boolean;
+  links: Array<{ link_id: string; peer_kme_id: string; peer_reachable: boolean; owned_available_bits: number; blocks: number }>;
+}
+
+export type PoolOp = keyof PoolOps;
+
+export interface PoolRequest<O extends PoolOp = PoolOp> {
+  id: number;
+  op: O;
+  args: PoolOps[O]['args'];
+}
+
+export interface PoolErrorBody {
+  code: KmeErrorCode;
+  message: string;
+  details?: Array<Record<string, unknown>>;
+}
+
+export type PoolResponse =
+  | { id: number; ok: true; result: unknown }
+  | { id: number; ok: false; error: PoolErrorBody };
+
+/** What kme-api depends on; implemented by the socket client and, in unit tests, by keypoold directly. */
+export interface PoolClient {
+  call<O extends PoolOp>(op: O, args: PoolOps[O]['args']): Promise<PoolOps[O]['result']>;
+  close(): Promise<void>;
+}
+
+/** Largest line either side accepts, to bound memory on a confused peer. */
+export const MAX_IPC_LINE_BYTES = 4 * 1024 * 1024;

@@ -1,0 +1,200 @@
+/**
+ * keypoold's answers to the local pool API: authorisation against the SAE
+ * registry, routing a request to its link (or to local randomness for a
+ * same-node pair), and one-shot delivery to slaves.
+ */
+import { randomBytes, randomUUID } from 'node:crypto';
+import { EtsiMessage, badRequest, unauthorized } from '../common/errors.js';
+import type { Limits } from '../common/config.js';
+import type { Logger } from '../common/logger.js';
+import type { Clock } from '../../drivers/types.js';
+import type { DecKeysArgs, EncKeysArgs, HealthResult, KeyResult, StatusArgs, StatusResult } from '../ipc/pool-protocol.js';
+import { keyAad } from './block-aad.js';
+import { storeKeyRecords, type LinkPool } from './link-pool.js';
+import type { IssuedKey, LinkSync } from './link-sync.js';
+import type { Registry } from './registry.js';
+import type { Sealer } from './seal.js';
+import type { Store } from './store.js';
+import type { TxBatcher } from './tx-batcher.js';
+
+export interface KeyServiceDeps {
+  kmeId: string;
+  limits: Limits;
+  ttlMs: number;
+  registry: Registry;
+  store: Store;
+  sealer: Sealer;
+  batcher: TxBatcher;
+  /** Link syncs and pools by peer KME ID. */
+  links: Map<string, { sync: LinkSync; pool: LinkPool }>;
+  clock: Clock;
+  logger: Logger;
+}
+
+type Route = { kind: 'local' } | { kind: 'link'; sync: LinkSync };
+
+export class KeyService {
+  readonly #d: KeyServiceDeps;
+
+  constructor(deps: KeyServiceDeps) {
+    this.#d = deps;
+  }
+
+  #requireLocalCaller(caller: string): void {
+    if (this.#d.registry.get(caller)?.kme_id !== this.#d.kmeId) {
+      throw unauthorized(`SAE ${caller} is not registered at ${this.#d.kmeId}`);
+    }
+  }
+
+  /** Where the keys for these slaves come from; checks registration and the master's allow-list. */
+  #route(caller: string, slaves: string[]): Route {
+    this.#requireLocalCaller(caller);
+    const { registry } = this.#d;
+    let kme: string | undefined;
+    for (const s of slaves) {
+      if (s === caller) throw badRequest('the slave SAE must differ from the master SAE');
+      const e = registry.get(s);
+      if (!e) throw badRequest(`slave SAE ${s} is not known to ${this.#d.kmeId}`);
+      if (!registry.mayTarget(caller, s)) throw unauthorized(`SAE ${caller} may not request keys for ${s}`);
+      if (kme !== undefined && e.kme_id !== kme) throw badRequest('all slave SAEs must be attached to the same KME');
+      kme = e.kme_id;
+    }
+    if (kme === this.#d.kmeId) return { kind: 'local' };
+    const link = this.#d.links.get(kme!);
+    if (!link) throw badRequest(`no QKD link from ${this.#d.kmeId} to ${kme}, the KME of the slave SAE`);
+    return { kind: 'link', sync: link.sync };
+  }
+
+  #checkLimits(number: number, size: number, extra: number): void {
+    const l = this.#d.limits;
+    if (!Number.isSafeInteger(number) || number < 1 || number > l.max_key_per_request) {
+      throw badRequest(`number must be an integer from 1 to ${l.max_key_per_request}`);
+    }
+    if (!Number.isSafeInteger(size) || size < l.min_key_size || size > l.max_key_size) {
+      throw badRequest(`size must be an integer from ${l.min_key_size} to ${l.max_key_size}`);
+    }
+    if (size % 8 !== 0) throw badRequest(EtsiMessage.sizeNotMultipleOf8);
+    if (extra > l.max_SAE_ID_count) throw badRequest(`at most ${l.max_SAE_ID_count} additional_slave_SAE_IDs`);
+  }
+
+  status(a: StatusArgs): StatusResult {
+    const route = this.#route(a.caller, [a.slave]);
+    const l = this.#d.limits;
+    const stored = route.kind === 'local' ? l.max_key_count : Math.min(l.max_key_count, route.sync.availableKeys(l.default_key_size));
+    return {
+      source_KME_ID: this.#d.kmeId,
+      target_KME_ID: route.kind === 'local' ? this.#d.kmeId : route.sync.peerKmeId,
+      master_SAE_ID: a.caller,
+      slave_SAE_ID: a.slave,
+      key_size: l.default_key_size,
+      stored_key_count: stored,
+      max_key_count: l.max_key_count,
+      max_key_per_request: l.max_key_per_request,
+      max_key_size: l.max_key_size,
+      min_key_size: l.min_key_size,
+      max_SAE_ID_count: l.max_SAE_ID_count,
+    };
+  }
+
+  async encKeys(a: EncKeysArgs): Promise<{ keys: KeyResult[] }> {
+    const slaves = [a.slave, ...a.additional];
+    if (new Set(slaves).size !== slaves.length) throw badRequest('additional_slave_SAE_IDs repeats a slave SAE ID');
+    this.#checkLimits(a.number, a.size, a.additional.length);
+    const route = this.#route(a.caller, slaves);
+    const issued =
+      route.kind === 'local'
+        ? await this.#localKeys(a.caller, slaves, a.number, a.size)
+        : await route.sync.request({ master: a.caller, slaves, number: a.number, size: a.size });
+    return { keys: encode(issued) };
+  }
+
+  /** Same-node pair: fresh key from the OS CSPRNG, stored sealed for the slaves. */
+  async #localKeys(master: string, slaves: string[], number: number, size: number): Promise<IssuedKey[]> {
+    const { store, sealer, batcher, clock } = this.#d;
+    const keys = Array.from({ length: number }, () => ({ keyId: randomUUID(), material: randomBytes(size / 8) }));
+    const now = clock.now();
+    const rid = randomUUID();
+    try {
+      await batcher.run(() => {
+        const ids = keys.map((k) => k.keyId);
+        storeKeyRecords(store, sealer, rid, master, slaves, ids, keys.map((k) => k.material), now + this.#d.ttlMs);
+        store.s.resPut.run({
+          rid, link: null, role: 'local', state: 'committed', master, slaves: JSON.stringify(slaves),
+          key_ids: JSON.stringify(ids), slices: null, size, expires_at: now + this.#d.ttlMs, created_at: now, peer_acked: 1,
+        });
+      });
+    } catch (e) {
+      keys.forEach((k) => k.material.fill(0));
+      throw e;
+    }
+    return keys;
+  }
+
+  async decKeys(a: DecKeysArgs): Promise<{ keys: KeyResult[] }> {
+    this.#requireLocalCaller(a.caller);
+    if (a.key_ids.length < 1 || a.key_ids.length > this.#d.limits.max_key_per_request) {
+      throw badRequest(`from 1 to ${this.#d.limits.max_key_per_request} key_IDs per request`);
+    }
+    const { store, sealer, batcher, clock } = this.#d;
+    const issued = await batcher.run(() => {
+      const now = clock.now();
+      const rows = a.key_ids.map((id) => {
+        const row = store.s.keyGet.get(id);
+        if (!row || row.master !== a.master || row.expires_at <= now) throw badRequest(EtsiMessage.keysNotFound);
+        const slave = store.s.slaveGet.get(id, a.caller);
+        if (!slave) throw unauthorized(`SAE ${a.caller} is not a slave of key ${id}`);
+        if (slave.fetched) throw badRequest(EtsiMessage.keysNotFound);
+        return row;
+      });
+      const out: IssuedKey[] = [];
+      try {
+        for (const row of rows) out.push({ keyId: row.key_id, material: sealer.open(row.sealed, keyAad(row.key_id)) });
+      } catch (e) {
+        out.forEach((k) => k.material.fill(0));
+        throw e;
+      }
+      for (const row of rows) {
+        store.s.slaveFetched.run(row.key_id, a.caller);
+        if (store.s.slavesLeft.get(row.key_id)!.n === 0) store.eraseKey(row.key_id);
+      }
+      return out;
+    });
+    return { keys: encode(issued) };
+  }
+
+  /** Erase expired keys and forget old reservations. */
+  async sweep(graceMs: number): Promise<number> {
+    const { store, batcher, clock } = this.#d;
+    return batcher.run(() => {
+      const now = clock.now();
+      const expired = store.s.expiredKeys.all(now - graceMs);
+      for (const k of expired) store.eraseKey(k.key_id);
+      store.s.resPrune.run(now - graceMs - this.#d.ttlMs);
+      return expired.length;
+    });
+  }
+
+  health(): HealthResult {
+    const links = [...this.#d.links.values()].map(({ sync, pool }) => {
+      const st = pool.stats();
+      return {
+        link_id: sync.linkId,
+        peer_kme_id: sync.peerKmeId,
+        peer_reachable: sync.peerReachable,
+        owned_available_bits: sync.peerReachable ? pool.ownedAvailableBits(sync.peerHw) : 0,
+        blocks: st.blocks,
+      };
+    });
+    return { kme_id: this.#d.kmeId, ok: links.every((l) => l.peer_reachable), links };
+  }
+}
+
+/** Standard padded base64; the buffers are zeroed once encoded. */
+function encode(keys: IssuedKey[]): KeyResult[] {
+  return keys.map((k) => {
+    const r = { key_ID: k.keyId, key: k.material.toString('base64') };
+    k.material.fill(0);
+    return r;
+  });
+}
+

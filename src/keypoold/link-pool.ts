@@ -1,0 +1,245 @@
+/**
+ * The key pool of one QKD link, as stored at this KME: block ingestion, the
+ * ownership rule, carving slices from owned blocks (owner side) and checking
+ * and materialising a peer's reservation (peer side). Everything here runs
+ * synchronously inside a store transaction (see tx-batcher.ts); the network
+ * side of the agreement is in link-sync.ts.
+ */
+import { KmeError } from '../common/errors.js';
+import type { KeyBlock } from '../../drivers/types.js';
+import { blockAad, keyAad } from './block-aad.js';
+import type { Sealer } from './seal.js';
+import type { BlockRow, Slice, Store } from './store.js';
+import type { PeerReservation, PeerRidState } from './peer-protocol.js';
+
+export interface LinkPoolOptions {
+  linkId: string;
+  myKmeId: string;
+  peerKmeId: string;
+  /** Ingestion pauses when the link's stored bits reach this. */
+  capacityBits: number;
+}
+
+/** A request to carve `number` keys of `size` bits. */
+export interface CarveRequest {
+  number: number;
+  size: number;
+}
+
+export interface Carved {
+  slices: Slice[][];
+  /** Secret; the caller zeroes each buffer once it is encoded. */
+  material: Buffer[];
+}
+
+interface OpenBlock {
+  row: BlockRow;
+  plain: Buffer; // bits [row.start_bit, row.bits)
+  pos: number; // next uncarved bit
+}
+
+export class LinkPool {
+  readonly opts: LinkPoolOptions;
+  readonly #store: Store;
+  readonly #sealer: Sealer;
+  /** Parity of the block ids this KME owns: the smaller KME id owns the even blocks. */
+  readonly #myParity: number;
+
+  constructor(opts: LinkPoolOptions, store: Store, sealer: Sealer) {
+    this.opts = opts;
+    this.#store = store;
+    this.#sealer = sealer;
+    this.#myParity = opts.myKmeId < opts.peerKmeId ? 0 : 1;
+  }
+
+  get linkId(): string {
+    return this.opts.linkId;
+  }
+
+  isMine(blockId: number): boolean {
+    return blockId % 2 === this.#myParity;
+  }
+
+  highWater(): number {
+    return this.#store.highWater(this.opts.linkId);
+  }
+
+  /** Bits this KME may carve now: owned, uncarved, and held by the peer too. */
+  ownedAvailableBits(peerHw: number): number {
+    return this.#store.s.ownedBits.get(this.opts.linkId, peerHw)?.n ?? 0;
+  }
+
+  stats(): { blocks: number; bits: number } {
+    const r = this.#store.s.blockStats.get(this.opts.linkId);
+    return { blocks: r?.n ?? 0, bits: r?.bits ?? 0 };
+  }
+
+  isFull(): boolean {
+    return this.stats().bits >= this.opts.capacityBits;
+  }
+
+  /** Store blocks sealed and advance the high-water mark. Run in a transaction. */
+  ingest(blocks: KeyBlock[]): number {
+    const link = this.opts.linkId;
+    let hw = this.highWater();
+    for (const b of blocks) {
+      if (b.blockId <= hw) continue; // already held
+      if (b.blockId !== hw + 1) throw new KmeError('INTERNAL', `block ${b.blockId} out of sequence after ${hw}`);
+      this.#store.s.blockPut.run({
+        link,
+        block_id: b.blockId,
+        bits: b.bits,
+        mine: this.isMine(b.blockId) ? 1 : 0,
+        start_bit: 0,
+        sealed: this.#sealer.seal(b.material, blockAad(link, b.blockId, 0)),
+      });
+      hw = b.blockId;
+    }
+    this.#store.s.hwPut.run(link, hw);
+    return hw;
+  }
+
+  /**
+   * Carve keys for each request in order, from owned blocks the peer holds
+   * (id <= peerHw). A request that cannot be met in full gets an error and
+   * takes nothing. Cursors advance in the store; exhausted blocks are erased
+   * and partly carved ones resealed without the carved bits. Run in a transaction.
+   */
+  carve(requests: CarveRequest[], peerHw: number): Array<Carved | KmeError> {
+    const link = this.opts.linkId;
+    const open: OpenBlock[] = [];
+    let lastLoaded = -1;
+    let exhausted = false;
+    const available = () => open.reduce((n, b) => n + (b.row.bits - b.pos), 0);
+    const loadUntil = (need: number) => {
+      while (!exhausted && available() < need) {
+        const rows = this.#store.s.ownedBlocks.all(link, peerHw, lastLoaded, 16);
+        if (rows.length < 16) exhausted = true;
+        for (const row of rows) {
+          lastLoaded = row.block_id;
+          const plain = this.#sealer.open(row.sealed, blockAad(link, row.block_id, row.start_bit));
+          open.push({ row, plain, pos: row.start_bit });
+        }
+      }
+    };
+    const out: Array<Carved | KmeError> = [];
+    try {
+      for (const req of requests) {
+        const need = req.number * req.size;
+        loadUntil(need);
+        if (available() < need) {
+          out.push(new KmeError('UNAVAILABLE', 'not enough key material in the pool for this request'));
+          continue;
+        }
+        const carved: Carved = { slices: [], material: [] };
+        let bi = open.findIndex((b) => b.pos < b.row.bits);
+        for (let k = 0; k < req.number; k++) {
+          const slices: Slice[] = [];
+          const parts: Buffer[] = [];
+          let left = req.size;
+          while (left > 0) {
+            const b = open[bi]!;
+            const take = Math.min(left, b.row.bits - b.pos);
+            const from = (b.pos - b.row.start_bit) / 8;
+            parts.push(b.plain.subarray(from, from + take / 8));
+            slices.push([b.row.block_id, b.pos, take]);
+            b.pos += take;
+            left -= take;
+            if (b.pos === b.row.bits) bi++;
+          }
+          carved.slices.push(slices);
+          carved.material.push(Buffer.concat(parts));
+        }
+        out.push(carved);
+      }
+      for (const b of open) {
+        if (b.pos === b.row.start_bit) continue;
+        if (b.pos === b.row.bits) {
+          this.#store.s.blockDelete.run(link, b.row.block_id);
+        } else {
+          const tail = b.plain.subarray((b.pos - b.row.start_bit) / 8);
+          this.#store.s.blockUpdate.run(b.pos, this.#sealer.seal(tail, blockAad(link, b.row.block_id, b.pos)), link, b.row.block_id);
+        }
+      }
+    } finally {
+      for (const b of open) b.plain.fill(0);
+    }
+    return out;
+  }
+
+  /** Lowest owned block still holding uncarved bits (all owned blocks below it are gone). */
+  erasableBelow(): number {
+    return this.#store.s.lowestOwned.get(this.opts.linkId)?.b ?? this.highWater() + 1;
+  }
+
+  /** The owner says every block it owns below `below` is fully carved and sent. */
+  erasePeerBlocksBelow(below: number): void {
+    this.#store.s.erasePeerBlocks.run(this.opts.linkId, below);
+  }
+
+  /**
+   * Peer side: check a reservation the owner sent and commit it, materialising
+   * each key as its own sealed record. Idempotent on rid. Run in a transaction
+   * (a savepoint per reservation: a refused one changes nothing).
+   */
+  accept(r: PeerReservation): { state: PeerRidState; reason?: string } {
+    const s = this.#store.s;
+    const known = s.resGet.get(r.rid);
+    if (known) return { state: known.role === 'peer' ? known.state : 'refused', reason: known.role === 'peer' ? undefined : 'rid in use' };
+    const link = this.opts.linkId;
+    const opened = new Map<number, { row: BlockRow; plain: Buffer; cursor: number }>();
+    const keys: Buffer[] = [];
+    try {
+      if (r.key_ids.length !== r.slices.length) return { state: 'refused', reason: 'key_ids and slices differ in length' };
+      for (const [i, slices] of r.slices.entries()) {
+        const parts: Buffer[] = [];
+        let bits = 0;
+        for (const [blockId, offset, n] of slices) {
+          if (this.isMine(blockId)) return { state: 'refused', reason: `block ${blockId} is not the sender's` };
+          let b = opened.get(blockId);
+          if (!b) {
+            const row = s.blockGet.get(link, blockId);
+            if (!row) return { state: 'refused', reason: `block ${blockId} not held` };
+            b = { row, plain: this.#sealer.open(row.sealed, blockAad(link, blockId, 0)), cursor: row.start_bit };
+            opened.set(blockId, b);
+          }
+          if (n <= 0 || n % 8 !== 0 || offset % 8 !== 0 || offset < b.cursor || offset + n > b.row.bits) {
+            return { state: 'refused', reason: `slice ${blockId}:${offset}+${n} not free` };
+          }
+          parts.push(b.plain.subarray(offset / 8, (offset + n) / 8));
+          b.cursor = offset + n;
+          bits += n;
+        }
+        if (bits !== r.size) return { state: 'refused', reason: `key ${i} has ${bits} bits, not ${r.size}` };
+        keys.push(Buffer.concat(parts));
+      }
+      for (const b of opened.values()) s.blockCursor.run(b.cursor, link, b.row.block_id);
+      this.#storeKeys(r.rid, r.master, r.slaves, r.key_ids, keys, r.expires_at);
+      s.resPut.run({
+        rid: r.rid, link, role: 'peer', state: 'committed', master: r.master,
+        slaves: JSON.stringify(r.slaves), key_ids: JSON.stringify(r.key_ids), slices: null,
+        size: r.size, expires_at: r.expires_at, created_at: Date.now(), peer_acked: 1,
+      });
+      return { state: 'committed' };
+    } finally {
+      for (const b of opened.values()) b.plain.fill(0);
+      for (const k of keys) k.fill(0);
+    }
+  }
+
+  #storeKeys(rid: string, master: string, slaves: string[], keyIds: string[], keys: Buffer[], expiresAt: number): void {
+    storeKeyRecords(this.#store, this.#sealer, rid, master, slaves, keyIds, keys, expiresAt);
+  }
+}
+
+/** Write sealed key records for the slaves to fetch (peer side, and same-node pairs). */
+export function storeKeyRecords(
+  store: Store, sealer: Sealer, rid: string, master: string, slaves: string[],
+  keyIds: string[], keys: Buffer[], expiresAt: number,
+): void {
+  const s = store.s;
+  for (const [i, keyId] of keyIds.entries()) {
+    s.keyPut.run(keyId, rid, master, sealer.seal(keys[i]!, keyAad(keyId)), expiresAt);
+    for (const slave of slaves) s.slavePut.run(keyId, slave);
+  }
+}

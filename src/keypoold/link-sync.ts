@@ -1,0 +1,304 @@
+/**
+ * The agreement between the two keypoolds of a link (key-agreement.md).
+ *
+ * Owner side: SAE requests queue up; one batch at a time per link is carved
+ * and written `pending` (one fsync), sent to the peer in one call, and
+ * answered only once the peer has committed. Refusal or timeout: the SAE gets
+ * 503, the reservation is voided here and a VOID is sent until acknowledged.
+ * Batches go out strictly in carve order, so the peer can check each block's
+ * slices against a monotonic cursor.
+ *
+ * Peer side: reservations are checked (blocks held, owned by the sender,
+ * slices beyond the cursor, SAEs registered where they should be), committed
+ * with their keys materialised, in one fsync, before answering.
+ */
+import { randomUUID } from 'node:crypto';
+import { KmeError, unavailable } from '../common/errors.js';
+import { isCanonicalUuid } from '../common/ids.js';
+import type { Logger } from '../common/logger.js';
+import type { Clock } from '../../drivers/types.js';
+import type { Carved, LinkPool } from './link-pool.js';
+import type { PeerClient } from './peer-client.js';
+import type {
+  HelloResponse, PeerReservation, PeerRidState, QueryResponse, ReservationsRequest, ReservationsResponse, VoidResponse,
+} from './peer-protocol.js';
+import type { Registry } from './registry.js';
+import type { Store } from './store.js';
+import type { TxBatcher } from './tx-batcher.js';
+
+export interface KeyRequest {
+  master: string;
+  slaves: string[];
+  number: number;
+  size: number;
+}
+
+export interface IssuedKey {
+  keyId: string;
+  /** Secret; zeroed by the caller once encoded. */
+  material: Buffer;
+}
+
+interface Queued {
+  req: KeyRequest;
+  resolve: (keys: IssuedKey[]) => void;
+  reject: (e: unknown) => void;
+}
+
+export interface LinkSyncDeps {
+  pool: LinkPool;
+  store: Store;
+  batcher: TxBatcher;
+  client: PeerClient;
+  registry: Registry;
+  clock: Clock;
+  logger: Logger;
+  ttlMs: number;
+  myKmeId: string;
+}
+
+export class LinkSync {
+  readonly #d: LinkSyncDeps;
+  #queue: Queued[] = [];
+  #inFlight = false;
+  #peerHw = -1;
+  #peerReachable = false;
+  #lastContact = 0;
+
+  constructor(deps: LinkSyncDeps) {
+    this.#d = deps;
+  }
+
+  get peerHw(): number {
+    return this.#peerHw;
+  }
+
+  get peerReachable(): boolean {
+    return this.#peerReachable;
+  }
+
+  get linkId(): string {
+    return this.#d.pool.linkId;
+  }
+
+  get peerKmeId(): string {
+    return this.#d.pool.opts.peerKmeId;
+  }
+
+  /** Keys the owner can promise now for keys of `size` bits. */
+  availableKeys(size: number): number {
+    if (!this.#peerReachable) return 0;
+    return Math.floor(this.#d.pool.ownedAvailableBits(this.#peerHw) / size);
+  }
+
+  // ---------------------------------------------------------------- owner side
+
+  request(req: KeyRequest): Promise<IssuedKey[]> {
+    if (!this.#peerReachable) return Promise.reject(unavailable(`peer KME ${this.peerKmeId} is unreachable`));
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ req, resolve, reject });
+      this.#pump();
+    });
+  }
+
+  #pump(): void {
+    if (this.#inFlight || this.#queue.length === 0) return;
+    this.#inFlight = true;
+    const batch = this.#queue;
+    this.#queue = [];
+    this.#sendBatch(batch)
+      .catch((e) => this.#d.logger.error({ err: (e as Error).message }, 'reservation batch failed'))
+      .finally(() => {
+        this.#inFlight = false;
+        this.#pump();
+      });
+  }
+
+  async #sendBatch(batch: Queued[]): Promise<void> {
+    const { pool, store, batcher, client, clock } = this.#d;
+    const now = clock.now();
+    const expiresAt = now + this.#d.ttlMs;
+    let carved: { results: Array<Carved | KmeError>; reservations: Array<PeerReservation | null>; erasable: number };
+    try {
+      carved = await batcher.run(() => {
+        const results = pool.carve(batch.map((q) => q.req), this.#peerHw);
+        const reservations = results.map((r, i) => {
+          if (r instanceof KmeError) return null;
+          const q = batch[i]!.req;
+          const res: PeerReservation = {
+            rid: randomUUID(), master: q.master, slaves: q.slaves, key_ids: r.material.map(() => randomUUID()),
+            slices: r.slices, size: q.size, expires_at: expiresAt,
+          };
+          store.s.resPut.run({
+            rid: res.rid, link: pool.linkId, role: 'owner', state: 'pending', master: res.master,
+            slaves: JSON.stringify(res.slaves), key_ids: JSON.stringify(res.key_ids), slices: JSON.stringify(res.slices),
+            size: res.size, expires_at: expiresAt, created_at: now, peer_acked: 1,
+          });
+          return res;
+        });
+        return { results, reservations, erasable: pool.erasableBelow() };
+      });
+    } catch (e) {
+      for (const q of batch) q.reject(e);
+      return;
+    }
+    const toSend = carved.reservations.filter((r): r is PeerReservation => r !== null);
+    const zero = () => carved.results.forEach((r) => r instanceof KmeError || r.material.forEach((m) => m.fill(0)));
+    let states = new Map<string, PeerRidState>();
+    if (toSend.length > 0) {
+      try {
+        const body: ReservationsRequest = { from: this.#d.myKmeId, hw: pool.highWater(), erasable_below: carved.erasable, reservations: toSend };
+        const res = (await client.post('reservations', body)) as ReservationsResponse;
+        this.#sawPeer(res.hw);
+        states = new Map(res.results.map((r) => [r.rid, r.state]));
+      } catch (e) {
+        this.#peerDown(e);
+      }
+    }
+    const committed: string[] = [];
+    const voided: string[] = [];
+    carved.results.forEach((r, i) => {
+      const q = batch[i]!;
+      if (r instanceof KmeError) return q.reject(r);
+      const res = carved.reservations[i]!;
+      if (states.get(res.rid) === 'committed') {
+        committed.push(res.rid);
+        q.resolve(res.key_ids.map((keyId, k) => ({ keyId, material: Buffer.from(r.material[k]!) })));
+      } else {
+        voided.push(res.rid);
+      }
+    });
+    zero();
+    if (voided.length > 0) {
+      // Burn the slices and remember to tell the peer, durably, before anyone hears 503.
+      try {
+        await batcher.run(() => voided.forEach((rid) => store.s.resSetState.run('voided', 0, rid)));
+      } catch (e) {
+        this.#d.logger.error({ err: (e as Error).message }, 'could not record voided reservations');
+      }
+      const err = unavailable(`peer KME ${this.peerKmeId} did not confirm the reservation`);
+      carved.reservations.forEach((res, i) => res && voided.includes(res.rid) && batch[i]!.reject(err));
+      this.#d.logger.warn({ link: this.linkId, count: voided.length }, 'reservations voided: peer did not confirm');
+    }
+    if (committed.length > 0) {
+      // Not awaited: recovery asks the peer about any rid still pending after a crash.
+      batcher.run(() => committed.forEach((rid) => store.s.resSetState.run('committed', 1, rid))).catch(() => {});
+    }
+  }
+
+  #sawPeer(hw: number): void {
+    if (Number.isSafeInteger(hw)) this.#peerHw = hw;
+    if (!this.#peerReachable) this.#d.logger.info({ link: this.linkId, peer: this.peerKmeId }, 'peer reachable');
+    this.#peerReachable = true;
+    this.#lastContact = this.#d.clock.now();
+  }
+
+  #peerDown(e: unknown): void {
+    if (this.#peerReachable) this.#d.logger.warn({ link: this.linkId, peer: this.peerKmeId, err: (e as Error).message }, 'peer unreachable');
+    this.#peerReachable = false;
+  }
+
+  /** Heartbeat, VOID delivery and recovery of pending reservations. Called periodically. */
+  async maintain(): Promise<void> {
+    const { client, store, batcher } = this.#d;
+    try {
+      const hello = (await client.get('hello')) as HelloResponse;
+      this.#sawPeer(hello.hw);
+    } catch (e) {
+      this.#peerDown(e);
+      return;
+    }
+    const unacked = store.s.resUnacked.all().filter((r) => r.link === this.linkId && r.role === 'owner');
+    if (unacked.length > 0) {
+      const res = (await client.post('void', { rids: unacked.map((r) => r.rid) })) as VoidResponse;
+      await batcher.run(() => res.voided.forEach((rid) => store.s.resAcked.run(rid)));
+    }
+    const pending = this.#inFlight ? [] : store.s.resByState.all('pending', 'owner').filter((r) => r.link === this.linkId);
+    if (pending.length > 0) {
+      const q = (await client.post('query', { rids: pending.map((r) => r.rid) })) as QueryResponse;
+      await batcher.run(() => {
+        for (const r of pending) {
+          const st = q.states[r.rid];
+          if (st === 'committed') store.s.resSetState.run('committed', 1, r.rid);
+          else store.s.resSetState.run('voided', 0, r.rid);
+        }
+      });
+      this.#d.logger.info({ link: this.linkId, count: pending.length }, 'recovered pending reservations');
+    }
+  }
+
+  // ----------------------------------------------------------------- peer side
+
+  async onReservations(body: ReservationsRequest): Promise<ReservationsResponse> {
+    const { pool, batcher, store, registry, myKmeId } = this.#d;
+    if (body.from !== this.peerKmeId) throw new KmeError('UNAUTHORIZED', 'sender is not the peer of this link');
+    const results = await batcher.run(() => {
+      const out = body.reservations.map((r) => {
+        const bad = this.#checkShape(r, registry, myKmeId);
+        if (bad) return { rid: String(r?.rid), state: 'refused' as PeerRidState, reason: bad };
+        try {
+          return { rid: r.rid, ...store.db.transaction(() => pool.accept(r))() };
+        } catch (e) {
+          return { rid: r.rid, state: 'refused' as PeerRidState, reason: (e as Error).message };
+        }
+      });
+      if (Number.isSafeInteger(body.erasable_below)) pool.erasePeerBlocksBelow(body.erasable_below);
+      return out;
+    });
+    this.#sawPeer(body.hw);
+    for (const r of results) if (r.state !== 'committed') this.#d.logger.warn({ link: this.linkId, rid: r.rid, reason: r.reason }, 'refused reservation');
+    return { hw: pool.highWater(), results };
+  }
+
+  #checkShape(r: PeerReservation, registry: Registry, me: string): string | undefined {
+    if (!r || !isCanonicalUuid(r.rid)) return 'bad rid';
+    if (!Array.isArray(r.key_ids) || !r.key_ids.every(isCanonicalUuid)) return 'bad key_ids';
+    if (!Array.isArray(r.slices) || !Number.isSafeInteger(r.size) || !Number.isSafeInteger(r.expires_at)) return 'bad reservation';
+    if (registry.get(r.master)?.kme_id !== this.peerKmeId) return `master ${r.master} is not attached to ${this.peerKmeId}`;
+    if (!Array.isArray(r.slaves) || r.slaves.length === 0) return 'no slaves';
+    for (const s of r.slaves) if (registry.get(s)?.kme_id !== me) return `slave ${s} is not attached to ${me}`;
+    for (const list of r.slices) {
+      if (!Array.isArray(list)) return 'bad slices';
+      for (const sl of list) if (!Array.isArray(sl) || sl.length !== 3 || !sl.every((n) => Number.isSafeInteger(n))) return 'bad slice';
+    }
+    return undefined;
+  }
+
+  async onVoid(rids: string[]): Promise<VoidResponse> {
+    const { store, batcher, clock } = this.#d;
+    const ok = rids.filter(isCanonicalUuid);
+    await batcher.run(() => {
+      for (const rid of ok) {
+        const r = store.s.resGet.get(rid);
+        if (r) {
+          for (const k of store.s.keysOfRid.all(rid)) store.eraseKey(k.key_id);
+          store.s.resSetState.run('voided', 1, rid);
+        } else {
+          // Tombstone: a late copy of this reservation must never commit.
+          store.s.resPut.run({
+            rid, link: this.linkId, role: 'peer', state: 'voided', master: '', slaves: '[]', key_ids: '[]', slices: null,
+            size: 0, expires_at: clock.now() + 2 * this.#d.ttlMs, created_at: clock.now(), peer_acked: 1,
+          });
+        }
+      }
+    });
+    return { voided: ok };
+  }
+
+  onQuery(rids: string[]): QueryResponse {
+    const states: Record<string, PeerRidState> = {};
+    for (const rid of rids.filter(isCanonicalUuid)) {
+      const r = this.#d.store.s.resGet.get(rid);
+      states[rid] = r && r.role === 'peer' ? r.state : 'unknown';
+    }
+    return { states };
+  }
+
+  onHello(): HelloResponse {
+    return { kme_id: this.#d.myKmeId, link: this.linkId, hw: this.#d.pool.highWater() };
+  }
+
+  get lastContact(): number {
+    return this.#lastContact;
+  }
+}

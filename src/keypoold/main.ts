@@ -1,0 +1,155 @@
+/**
+ * kme-keypoold: the key-pool daemon of one node. Composition root: builds the
+ * store, the master key, the links (driver -> pool -> peer sync), the
+ * KME-to-KME listener and the local pool API, and tears them down on a signal.
+ *
+ *   node dist/src/keypoold/main.js --config <path>
+ */
+import { mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Server } from 'node:https';
+import { ConfigError, configPathFromArgv, loadConfig, type NodeConfig } from '../common/config.js';
+import { createLogger, type Logger } from '../common/logger.js';
+import { systemClock } from '../../drivers/types.js';
+import { SimQkdModule } from '../../drivers/sim/sim-module.js';
+import { serveNdjson } from '../ipc/ndjson-server.js';
+import { FileMasterKeyProvider, MasterKeyError } from './master-key.js';
+import { openDb, Store } from './store.js';
+import { Sealer } from './seal.js';
+import { TxBatcher } from './tx-batcher.js';
+import { Registry, RegistryError } from './registry.js';
+import { LinkPool } from './link-pool.js';
+import { LinkSync } from './link-sync.js';
+import { PeerClient } from './peer-client.js';
+import { startPeerServer } from './peer-server.js';
+import { runIngest } from './ingest.js';
+import { KeyService } from './key-service.js';
+import { openDataKey } from './data-key.js';
+import { dispatchPoolOp } from './local-api.js';
+
+const MAINTAIN_MS = 1000;
+const SWEEP_MS = 1000;
+
+async function main(): Promise<void> {
+  let cfg: NodeConfig;
+  try {
+    cfg = loadConfig(configPathFromArgv(process.argv));
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      process.stderr.write(`kme-keypoold: ${e.message}\n`);
+      process.exit(2);
+    }
+    throw e;
+  }
+  const logger = createLogger('kme-keypoold', cfg.log_level);
+  const stop = new AbortController();
+  const cleanups: Array<() => Promise<void> | void> = [];
+  const shutdown = async (code: number) => {
+    if (stop.signal.aborted) return;
+    stop.abort();
+    const hard = setTimeout(() => process.exit(code || 1), 5000);
+    hard.unref();
+    for (const c of cleanups.reverse()) {
+      try {
+        await c();
+      } catch (e) {
+        logger.error({ err: (e as Error).message }, 'error during shutdown');
+      }
+    }
+    logger.info('stopped');
+    process.exit(code);
+  };
+  process.on('SIGTERM', () => void shutdown(0));
+  process.on('SIGINT', () => void shutdown(0));
+  process.on('uncaughtException', (e) => {
+    logger.fatal({ err: e.message, stack: e.stack }, 'uncaught exception');
+    void shutdown(1);
+  });
+  process.on('unhandledRejection', (e) => {
+    logger.fatal({ err: (e as Error)?.message }, 'unhandled rejection');
+    void shutdown(1);
+  });
+
+  try {
+    await start(cfg, logger, stop.signal, cleanups);
+  } catch (e) {
+    if (e instanceof MasterKeyError || e instanceof RegistryError || e instanceof ConfigError) {
+      logger.fatal({ err: e.message }, 'cannot start');
+      process.stderr.write(`kme-keypoold: ${e.message}\n`);
+      await shutdown(2);
+      return;
+    }
+    throw e;
+  }
+}
+
+async function start(cfg: NodeConfig, logger: Logger, signal: AbortSignal, cleanups: Array<() => Promise<void> | void>): Promise<void> {
+  mkdirSync(cfg.state_dir, { recursive: true, mode: 0o700 });
+  const registry = await Registry.open(cfg.registry_file);
+  const store = new Store(openDb(join(cfg.state_dir, 'keystore.sqlite')));
+  cleanups.push(() => store.close());
+  const masterKey = FileMasterKeyProvider.open(cfg.master_key.path, logger);
+  cleanups.push(() => masterKey.close());
+  const dataKey = await openDataKey(store, masterKey);
+  const sealer = new Sealer(dataKey);
+  dataKey.fill(0);
+  cleanups.push(() => sealer.destroy());
+  const batcher = new TxBatcher(store.db, logger);
+  const clock = systemClock;
+  const ttlMs = cfg.key_ttl_seconds * 1000;
+
+  const peerTls = { cert: readFileSync(cfg.peer.tls.cert), key: readFileSync(cfg.peer.tls.key), ca: readFileSync(cfg.peer.tls.ca) };
+  const links = new Map<string, { sync: LinkSync; pool: LinkPool }>();
+  const byLinkId = new Map<string, LinkSync>();
+  for (const l of cfg.links) {
+    const pool = new LinkPool(
+      { linkId: l.link_id, myKmeId: cfg.kme_id, peerKmeId: l.peer_kme_id, capacityBits: 2 * cfg.limits.max_key_count * cfg.limits.default_key_size },
+      store,
+      sealer,
+    );
+    const client = new PeerClient({ baseUrl: l.peer_url, linkId: l.link_id, peerKmeId: l.peer_kme_id, tls: peerTls, timeoutMs: cfg.peer.timeout_ms });
+    cleanups.push(() => client.close());
+    const sync = new LinkSync({ pool, store, batcher, client, registry, clock, logger, ttlMs, myKmeId: cfg.kme_id });
+    links.set(l.peer_kme_id, { sync, pool });
+    byLinkId.set(l.link_id, sync);
+    const seed = Buffer.from(readFileSync(l.qkd.seed_file, 'utf8').trim(), 'hex');
+    const driver = new SimQkdModule({
+      linkId: l.link_id, moduleId: `${cfg.kme_id}/${l.link_id}`, seed, rateBps: l.qkd.rate_bps,
+      blockBits: l.qkd.block_bits, epochMs: l.qkd.epoch_ms, clock,
+    });
+    seed.fill(0);
+    await driver.open();
+    cleanups.push(() => driver.close());
+    const ingesting = runIngest({ driver, pool, batcher, clock, logger }, signal);
+    cleanups.push(() => ingesting);
+  }
+
+  const service = new KeyService({ kmeId: cfg.kme_id, limits: cfg.limits, ttlMs, registry, store, sealer, batcher, links, clock, logger });
+
+  const peerServer: Server = await startPeerServer({ host: cfg.peer.host, port: cfg.peer.port, tls: peerTls, links: byLinkId, logger });
+  cleanups.push(() => new Promise<void>((r) => { peerServer.close(() => r()); peerServer.closeAllConnections(); }));
+
+  const every = (ms: number, fn: () => Promise<unknown>) => {
+    let running = false;
+    const t = setInterval(() => {
+      if (running) return;
+      running = true;
+      fn().catch((e) => logger.warn({ err: (e as Error).message }, 'periodic task failed')).finally(() => (running = false));
+    }, ms);
+    cleanups.push(() => clearInterval(t));
+  };
+  for (const { sync } of links.values()) {
+    await sync.maintain().catch(() => {});
+    every(MAINTAIN_MS, () => sync.maintain());
+  }
+  every(SWEEP_MS, () => service.sweep(cfg.expiry_grace_seconds * 1000));
+
+  const ipc = await serveNdjson({ path: cfg.keypoold.socket, handler: (op, args) => dispatchPoolOp(service, op, args), logger });
+  cleanups.push(() => ipc.close());
+  logger.info({ kme_id: cfg.kme_id, socket: cfg.keypoold.socket, peer_port: cfg.peer.port, links: cfg.links.length }, 'ready');
+}
+
+main().catch((e) => {
+  process.stderr.write(`kme-keypoold: ${(e as Error).stack ?? String(e)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,164 @@
+/**
+ * The durable key store: SQLite in WAL mode with synchronous=FULL (every
+ * commit is fsynced before it returns) and secure_delete (freed pages are
+ * overwritten). Key material is only ever stored sealed (see seal.ts). This
+ * file is data access only: no key logic.
+ */
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+
+export type Db = Database.Database;
+
+export type ReservationRole = 'owner' | 'peer' | 'local';
+export type ReservationState = 'pending' | 'committed' | 'voided';
+
+/** A slice of link key: bits [offset, offset+bits) of one block. */
+export type Slice = [blockId: number, offset: number, bits: number];
+
+export interface ReservationRow {
+  rid: string;
+  link: string | null;
+  role: ReservationRole;
+  state: ReservationState;
+  master: string;
+  slaves: string; // JSON string[]
+  key_ids: string; // JSON string[]
+  slices: string | null; // JSON Slice[][] (one list per key)
+  size: number;
+  expires_at: number;
+  created_at: number;
+  peer_acked: number;
+}
+
+export interface BlockRow {
+  link: string;
+  block_id: number;
+  bits: number;
+  mine: number;
+  start_bit: number;
+  sealed: Buffer;
+}
+
+export interface KeyRow {
+  key_id: string;
+  rid: string;
+  master: string;
+  sealed: Buffer;
+  expires_at: number;
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS link_state (link TEXT PRIMARY KEY, high_water INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blocks (
+  link TEXT NOT NULL, block_id INTEGER NOT NULL, bits INTEGER NOT NULL,
+  mine INTEGER NOT NULL, start_bit INTEGER NOT NULL, sealed BLOB NOT NULL,
+  PRIMARY KEY (link, block_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reservations (
+  rid TEXT PRIMARY KEY, link TEXT, role TEXT NOT NULL, state TEXT NOT NULL,
+  master TEXT NOT NULL, slaves TEXT NOT NULL, key_ids TEXT NOT NULL, slices TEXT,
+  size INTEGER NOT NULL, expires_at INTEGER NOT NULL, created_at INTEGER NOT NULL,
+  peer_acked INTEGER NOT NULL DEFAULT 1) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS reservations_state ON reservations(state, role);
+CREATE INDEX IF NOT EXISTS reservations_expiry ON reservations(expires_at);
+CREATE TABLE IF NOT EXISTS keys (
+  key_id TEXT PRIMARY KEY, rid TEXT NOT NULL, master TEXT NOT NULL,
+  sealed BLOB NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS keys_expiry ON keys(expires_at);
+CREATE INDEX IF NOT EXISTS keys_rid ON keys(rid);
+CREATE TABLE IF NOT EXISTS key_slaves (
+  key_id TEXT NOT NULL, slave TEXT NOT NULL, fetched INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (key_id, slave)) WITHOUT ROWID;
+`;
+
+export function openDb(path: string): Db {
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  const db = new Database(path);
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = FULL');
+  db.pragma('secure_delete = ON');
+  db.pragma('busy_timeout = 5000');
+  db.exec(SCHEMA);
+  return db;
+}
+
+/** Prepared statements, built once. */
+export class Store {
+  readonly db: Db;
+  readonly #s;
+
+  constructor(db: Db) {
+    this.db = db;
+    this.#s = {
+      metaGet: db.prepare<[string], { v: Buffer }>('SELECT v FROM meta WHERE k = ?'),
+      metaPut: db.prepare('INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)'),
+      hwGet: db.prepare<[string], { high_water: number }>('SELECT high_water FROM link_state WHERE link = ?'),
+      hwPut: db.prepare('INSERT OR REPLACE INTO link_state (link, high_water) VALUES (?, ?)'),
+      blockPut: db.prepare(
+        'INSERT OR IGNORE INTO blocks (link, block_id, bits, mine, start_bit, sealed) VALUES (@link, @block_id, @bits, @mine, @start_bit, @sealed)',
+      ),
+      blockGet: db.prepare<[string, number], BlockRow>('SELECT * FROM blocks WHERE link = ? AND block_id = ?'),
+      blockUpdate: db.prepare('UPDATE blocks SET start_bit = ?, sealed = ? WHERE link = ? AND block_id = ?'),
+      blockCursor: db.prepare('UPDATE blocks SET start_bit = ? WHERE link = ? AND block_id = ?'),
+      blockDelete: db.prepare('DELETE FROM blocks WHERE link = ? AND block_id = ?'),
+      ownedBlocks: db.prepare<[string, number, number, number], BlockRow>(
+        'SELECT * FROM blocks WHERE link = ? AND mine = 1 AND block_id <= ? AND block_id > ? ORDER BY block_id LIMIT ?',
+      ),
+      ownedBits: db.prepare<[string, number], { n: number | null }>(
+        'SELECT sum(bits - start_bit) AS n FROM blocks WHERE link = ? AND mine = 1 AND block_id <= ?',
+      ),
+      lowestOwned: db.prepare<[string], { b: number | null }>('SELECT min(block_id) AS b FROM blocks WHERE link = ? AND mine = 1'),
+      blockStats: db.prepare<[string], { n: number; bits: number | null }>(
+        'SELECT count(*) AS n, sum(bits - start_bit) AS bits FROM blocks WHERE link = ?',
+      ),
+      erasePeerBlocks: db.prepare('DELETE FROM blocks WHERE link = ? AND mine = 0 AND block_id < ?'),
+      resGet: db.prepare<[string], ReservationRow>('SELECT * FROM reservations WHERE rid = ?'),
+      resPut: db.prepare(
+        `INSERT INTO reservations (rid, link, role, state, master, slaves, key_ids, slices, size, expires_at, created_at, peer_acked)
+         VALUES (@rid, @link, @role, @state, @master, @slaves, @key_ids, @slices, @size, @expires_at, @created_at, @peer_acked)`,
+      ),
+      resSetState: db.prepare('UPDATE reservations SET state = ?, peer_acked = ? WHERE rid = ?'),
+      resAcked: db.prepare('UPDATE reservations SET peer_acked = 1 WHERE rid = ?'),
+      resByState: db.prepare<[string, string], ReservationRow>('SELECT * FROM reservations WHERE state = ? AND role = ?'),
+      resUnacked: db.prepare<[], ReservationRow>("SELECT * FROM reservations WHERE peer_acked = 0 AND state = 'voided' LIMIT 500"),
+      resPrune: db.prepare("DELETE FROM reservations WHERE expires_at < ? AND state != 'pending' AND peer_acked = 1"),
+      keyPut: db.prepare('INSERT INTO keys (key_id, rid, master, sealed, expires_at) VALUES (?, ?, ?, ?, ?)'),
+      keyGet: db.prepare<[string], KeyRow>('SELECT * FROM keys WHERE key_id = ?'),
+      keyDelete: db.prepare('DELETE FROM keys WHERE key_id = ?'),
+      keysOfRid: db.prepare<[string], { key_id: string }>('SELECT key_id FROM keys WHERE rid = ?'),
+      expiredKeys: db.prepare<[number], { key_id: string }>('SELECT key_id FROM keys WHERE expires_at < ? LIMIT 1000'),
+      slavePut: db.prepare('INSERT INTO key_slaves (key_id, slave, fetched) VALUES (?, ?, 0)'),
+      slaveGet: db.prepare<[string, string], { fetched: number }>('SELECT fetched FROM key_slaves WHERE key_id = ? AND slave = ?'),
+      slaveFetched: db.prepare('UPDATE key_slaves SET fetched = 1 WHERE key_id = ? AND slave = ?'),
+      slavesLeft: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM key_slaves WHERE key_id = ? AND fetched = 0'),
+      slavesDelete: db.prepare('DELETE FROM key_slaves WHERE key_id = ?'),
+    };
+  }
+
+  get s() {
+    return this.#s;
+  }
+
+  getMeta(k: string): Buffer | undefined {
+    return this.#s.metaGet.get(k)?.v;
+  }
+
+  putMeta(k: string, v: Buffer): void {
+    this.#s.metaPut.run(k, v);
+  }
+
+  highWater(link: string): number {
+    return this.#s.hwGet.get(link)?.high_water ?? -1;
+  }
+
+  /** Erase one key record and its slave rows (secure_delete overwrites them). */
+  eraseKey(keyId: string): void {
+    this.#s.keyDelete.run(keyId);
+    this.#s.slavesDelete.run(keyId);
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}
