@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Make sure the system tools the test suite and demo rely on are installed:
+#   socat          (serial-path simulator: pseudo-terminal pairs)
+#   softhsm2-util  (SoftHSM2, the PKCS#11 HSM used in tests)
+#   curl           (the demo's printed curl lines are tested)
+# Quiet and idempotent when everything is present. As root, installs what is
+# missing with apt-get; otherwise prints the command to run and exits 1.
+set -euo pipefail
+
+missing=()
+command -v socat >/dev/null 2>&1 || missing+=(socat)
+command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2-util)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "ensure-system-deps: missing ${missing[*]}" >&2
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "install them with:" >&2
+  echo "sudo apt-get install -y socat softhsm2 curl"
+  exit 1
+fi
+
+apt-get update
+DEBIAN_FRONTEND=noninteractive apt-get install -y socat softhsm2 curl
+
+for tool in socat softhsm2-util curl; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "ensure-system-deps: $tool still missing after apt-get install" >&2
+    exit 1
+  fi
+done

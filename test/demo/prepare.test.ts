@@ -1,0 +1,263 @@
+import { X509Certificate, createPrivateKey } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, unlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { isAbsolute, join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig, parseConfig } from '../../src/common/config.js';
+import { prepareDemo, type DemoDescription } from '../../src/demo/prepare.js';
+
+const tmpRoots: string[] = [];
+function tmpRoot(): string {
+  const d = mkdtempSync(join(tmpdir(), 'kme-demo-test-'));
+  tmpRoots.push(d);
+  return d;
+}
+afterAll(() => {
+  for (const d of tmpRoots) rmSync(d, { recursive: true, force: true });
+});
+
+const mode = (p: string) => statSync(p).mode & 0o777;
+const read = (p: string) => readFileSync(p);
+
+describe('prepareDemo, first run', () => {
+  let root: string;
+  let demo: DemoDescription;
+  const at = (rel: string) => join(root, rel);
+
+  beforeAll(async () => {
+    root = tmpRoot();
+    demo = await prepareDemo(root);
+  });
+
+  it('writes demo.json with the documented structure, paths relative to the root', () => {
+    const onDisk = JSON.parse(readFileSync(at('var/demo/demo.json'), 'utf8'));
+    expect(demo.file).toBe(at('var/demo/demo.json'));
+    expect(onDisk).toMatchObject({ ca_cert: 'var/demo/pki/ca.crt', ca_key: 'var/demo/pki/ca.key' });
+    expect(onDisk.nodes).toHaveLength(2);
+    for (const [i, id] of ['KME_A', 'KME_B'].entries()) {
+      const letter = id.slice(-1);
+      const n = onDisk.nodes[i];
+      expect(n).toMatchObject({
+        kme_id: id,
+        etsi_url: `https://127.0.0.1:${i === 0 ? 8443 : 9443}`,
+        config: `var/demo/${id}/config.json`,
+        peer_url: `https://127.0.0.1:${i === 0 ? 8444 : 9444}`,
+      });
+      expect(n.processes.map((p: { name: string; argv: string[] }) => [p.name, p.argv])).toEqual([
+        ['kme-keypoold', ['node', 'dist/src/keypoold/main.js', '--config', `var/demo/${id}/config.json`]],
+        ['kme-api', ['node', 'dist/src/api/main.js', '--config', `var/demo/${id}/config.json`]],
+      ]);
+      expect(n.saes).toEqual(
+        [1, 2, 3].map((k) => ({
+          sae_id: `SAE_${letter}${k}`,
+          cert: `var/demo/pki/SAE_${letter}${k}.crt`,
+          key: `var/demo/pki/SAE_${letter}${k}.key`,
+        })),
+      );
+    }
+    // The returned description is demo.json plus bookkeeping.
+    const { root: r, dir, file, written, reused, notes, ...json } = demo;
+    expect(json).toEqual(onDisk);
+    expect({ r, dir, reused, notes }).toEqual({ r: root, dir: at('var/demo'), reused: [], notes: [] });
+    expect(written).toContain(file);
+  });
+
+  it('writes configs that pass parseConfig, with the demo settings', () => {
+    const [a, b] = ['KME_A', 'KME_B'].map((id) => loadConfig(at(`var/demo/${id}/config.json`)));
+    expect(a!.kme_id).toBe('KME_A');
+    expect(a!.state_dir).toBe(at('var/demo/KME_A/state'));
+    expect(a!.registry_file).toBe(at('var/demo/KME_A/registry.json'));
+    expect(a!.keypoold.socket).toBe(at('var/demo/KME_A/keypoold.sock'));
+    expect(a!.master_key).toEqual({ provider: 'file', path: at('var/demo/KME_A/master.key') });
+    expect(existsSync(a!.master_key.path)).toBe(false); // keypoold creates it
+    expect(a!.api).toMatchObject({ host: '127.0.0.1', port: 8443 });
+    expect(a!.api.tls).toEqual({
+      cert: at('var/demo/pki/KME_A.api.crt'),
+      key: at('var/demo/pki/KME_A.api.key'),
+      ca: at('var/demo/pki/ca.crt'),
+    });
+    expect(a!.peer).toMatchObject({ host: '127.0.0.1', port: 8444 });
+    expect(a!.peer.tls.cert).toBe(at('var/demo/pki/KME_A.kme.crt'));
+    expect(b!.api.port).toBe(9443);
+    expect(b!.peer.port).toBe(9444);
+    expect(a!.limits).toEqual({
+      default_key_size: 256,
+      min_key_size: 64,
+      max_key_size: 8192,
+      max_key_per_request: 128,
+      max_key_count: 100000,
+      max_SAE_ID_count: 2,
+    });
+    expect(a!.key_ttl_seconds).toBe(300);
+
+    expect(a!.links).toHaveLength(1);
+    expect(b!.links).toHaveLength(1);
+    const [la, lb] = [a!.links[0]!, b!.links[0]!];
+    expect(la).toMatchObject({ link_id: 'KME_A-KME_B', peer_kme_id: 'KME_B', peer_url: 'https://127.0.0.1:9444' });
+    expect(lb).toMatchObject({ link_id: 'KME_A-KME_B', peer_kme_id: 'KME_A', peer_url: 'https://127.0.0.1:8444' });
+    expect(la.qkd).toEqual(lb.qkd);
+    expect(la.qkd).toMatchObject({
+      driver: 'sim',
+      seed_file: at('var/demo/link-KME_A-KME_B.seed'),
+      rate_bps: 1_000_000,
+      block_bits: 65536,
+    });
+    expect(Math.abs(la.qkd.epoch_ms - Date.now())).toBeLessThan(60_000);
+
+    // Paths inside the file are relative to its folder.
+    const raw = JSON.parse(readFileSync(at('var/demo/KME_A/config.json'), 'utf8'));
+    expect(raw.state_dir).toBe('state');
+    expect(raw.links[0].qkd.seed_file).toBe('../link-KME_A-KME_B.seed');
+    expect(parseConfig(raw, at('var/demo/KME_A'))).toEqual(a);
+
+    for (const c of [a!, b!]) {
+      expect(statSync(c.state_dir).isDirectory()).toBe(true);
+      for (const f of [c.api.tls.cert, c.api.tls.key, c.api.tls.ca, c.peer.tls.cert, c.peer.tls.key]) {
+        expect(existsSync(f)).toBe(true);
+      }
+    }
+  });
+
+  it('writes the shared seed and private keys with mode 0600', () => {
+    const seed = readFileSync(at('var/demo/link-KME_A-KME_B.seed'), 'utf8');
+    expect(seed).toMatch(/^[0-9a-f]{64}$/);
+    expect(mode(at('var/demo/link-KME_A-KME_B.seed'))).toBe(0o600);
+    const keys = ['ca', 'KME_A.api', 'KME_A.kme', 'KME_B.api', 'KME_B.kme', 'SAE_A1', 'SAE_A2', 'SAE_A3', 'SAE_B1', 'SAE_B2', 'SAE_B3'];
+    for (const k of keys) {
+      expect(mode(at(`var/demo/pki/${k}.key`)), k).toBe(0o600);
+      expect(mode(at(`var/demo/pki/${k}.crt`)), k).toBe(0o644);
+    }
+  });
+
+  it('writes the same SAE registry for both nodes', () => {
+    const regA = JSON.parse(readFileSync(at('var/demo/KME_A/registry.json'), 'utf8'));
+    const regB = JSON.parse(readFileSync(at('var/demo/KME_B/registry.json'), 'utf8'));
+    expect(regA).toEqual(regB);
+    expect(regA.saes).toEqual(
+      ['A1', 'A2', 'A3', 'B1', 'B2', 'B3'].map((s) => ({
+        sae_id: `SAE_${s}`,
+        kme_id: `KME_${s[0]}`,
+        allowed_slaves: ['*'],
+      })),
+    );
+  });
+
+  it('issues certificates with the right names, usages and issuer', () => {
+    const ca = new X509Certificate(read(at('var/demo/pki/ca.crt')));
+    expect(ca.ca).toBe(true);
+    const leaf = (stem: string) => {
+      const x = new X509Certificate(read(at(`var/demo/pki/${stem}.crt`)));
+      expect(x.ca, stem).toBe(false);
+      expect(x.checkIssued(ca), stem).toBe(true);
+      expect(x.verify(ca.publicKey), stem).toBe(true);
+      expect(x.checkPrivateKey(createPrivateKey(read(at(`var/demo/pki/${stem}.key`)))), stem).toBe(true);
+      return x;
+    };
+    for (const sae of demo.nodes.flatMap((n) => n.saes)) {
+      const x = leaf(sae.sae_id);
+      expect(x.subject).toBe(`CN=${sae.sae_id}`);
+      expect(x.keyUsage).toEqual(['1.3.6.1.5.5.7.3.2']);
+    }
+    for (const id of ['KME_A', 'KME_B']) {
+      const kme = leaf(`${id}.kme`);
+      expect(kme.subject).toBe(`CN=${id}`);
+      expect(kme.keyUsage?.sort()).toEqual(['1.3.6.1.5.5.7.3.1', '1.3.6.1.5.5.7.3.2']);
+      expect(kme.checkIP('127.0.0.1')).toBe('127.0.0.1');
+      const api = leaf(`${id}.api`);
+      expect(api.subject).not.toBe(`CN=${id}`);
+      expect(api.keyUsage).toEqual(['1.3.6.1.5.5.7.3.1']);
+      expect(api.checkHost('localhost')).toBe('localhost');
+      expect(api.checkIP('127.0.0.1')).toBe('127.0.0.1');
+    }
+  });
+
+  it('reuses everything on a second run, byte for byte', async () => {
+    const files = [...demo.written].filter((f) => existsSync(f));
+    const before = new Map(files.map((f) => [f, read(f)]));
+    const again = await prepareDemo(root);
+    expect(again.written).toEqual([]);
+    expect(new Set(again.reused)).toEqual(new Set(demo.written));
+    for (const [f, bytes] of before) expect(read(f).equals(bytes), f).toBe(true);
+    const { written: _w, reused: _r, ...a } = again;
+    const { written: _w2, reused: _r2, ...b } = demo;
+    expect(a).toEqual(b);
+  });
+
+  it('issues only what is missing, from the existing CA, and keeps the epoch', async () => {
+    const caBefore = read(at('var/demo/pki/ca.crt'));
+    const a1Before = read(at('var/demo/pki/SAE_A1.crt'));
+    const epoch = loadConfig(at('var/demo/KME_A/config.json')).links[0]!.qkd.epoch_ms;
+    unlinkSync(at('var/demo/pki/SAE_B3.crt'));
+    unlinkSync(at('var/demo/pki/SAE_B3.key'));
+    unlinkSync(at('var/demo/KME_B/config.json'));
+    await new Promise((r) => setTimeout(r, 5));
+    const again = await prepareDemo(root);
+    expect(again.written.sort()).toEqual(
+      [at('var/demo/pki/SAE_B3.crt'), at('var/demo/pki/SAE_B3.key'), at('var/demo/KME_B/config.json')].sort(),
+    );
+    expect(read(at('var/demo/pki/ca.crt')).equals(caBefore)).toBe(true);
+    expect(read(at('var/demo/pki/SAE_A1.crt')).equals(a1Before)).toBe(true);
+    const b3 = new X509Certificate(read(at('var/demo/pki/SAE_B3.crt')));
+    expect(b3.checkIssued(new X509Certificate(caBefore))).toBe(true);
+    expect(loadConfig(at('var/demo/KME_B/config.json')).links[0]!.qkd.epoch_ms).toBe(epoch);
+  });
+
+  it('refuses a half-present key pair instead of overwriting it', async () => {
+    unlinkSync(at('var/demo/pki/SAE_A2.key'));
+    await expect(prepareDemo(root)).rejects.toThrow(/SAE_A2.*incomplete|incomplete.*SAE_A2/s);
+  });
+});
+
+describe('prepareDemo, isolated instances', () => {
+  it('honours other ports, rate and a folder outside the root (absolute paths)', async () => {
+    const root = tmpRoot();
+    const dir = join(tmpRoot(), 'demo');
+    const demo = await prepareDemo(root, {
+      dir,
+      apiPorts: [18443, 19443],
+      peerPorts: [18444, 19444],
+      rateBps: 5000,
+    });
+    expect(demo.ca_cert).toBe(join(dir, 'pki/ca.crt'));
+    expect(demo.nodes.map((n) => n.etsi_url)).toEqual(['https://127.0.0.1:18443', 'https://127.0.0.1:19443']);
+    expect(demo.nodes[0]!.processes[0]!.argv).toEqual([
+      'node',
+      'dist/src/keypoold/main.js',
+      '--config',
+      join(dir, 'KME_A/config.json'),
+    ]);
+    for (const p of demo.nodes.flatMap((n) => n.saes.flatMap((s) => [s.cert, s.key]))) {
+      expect(isAbsolute(p)).toBe(true);
+      expect(existsSync(p)).toBe(true);
+    }
+    const a = loadConfig(join(dir, 'KME_A/config.json'));
+    expect(a.links[0]!.peer_url).toBe('https://127.0.0.1:19444');
+    expect(a.links[0]!.qkd.rate_bps).toBe(5000);
+    expect(existsSync(join(root, 'var'))).toBe(false);
+
+    // Asking for other ports later keeps the existing configs, and says so.
+    const again = await prepareDemo(root, { dir });
+    expect(again.written).toEqual([]);
+    expect(again.nodes[0]!.etsi_url).toBe('https://127.0.0.1:18443');
+    expect(again.notes.join('\n')).toMatch(/kept as it is/);
+  });
+
+  it('moves the keypoold socket under the temp folder when the demo path is too long', async () => {
+    const root = tmpRoot();
+    const dir = join(root, 'x'.repeat(60), 'y'.repeat(30));
+    const demo = await prepareDemo(root, { dir, apiPorts: [28443, 29443], peerPorts: [28444, 29444] });
+    const c = loadConfig(join(dir, 'KME_A/config.json'));
+    expect(c.keypoold.socket.startsWith(tmpdir())).toBe(true);
+    expect(Buffer.byteLength(c.keypoold.socket)).toBeLessThan(100);
+    expect(statSync(join(c.keypoold.socket, '..')).isDirectory()).toBe(true);
+    expect(demo.nodes[0]!.keypoold_socket).toBe(c.keypoold.socket);
+    expect(demo.notes.join('\n')).toMatch(/KME_A keypoold socket is/);
+    rmSync(join(c.keypoold.socket, '..'), { recursive: true, force: true });
+  });
+
+  it('rejects clashing or invalid ports', async () => {
+    const root = tmpRoot();
+    await expect(prepareDemo(root, { apiPorts: [8443, 8443] })).rejects.toThrow(/differ/);
+    await expect(prepareDemo(root, { peerPorts: [0, 9444] })).rejects.toThrow(/range/);
+  });
+});
