@@ -1,9 +1,9 @@
 /**
- * The one entry point to @peculiar/x509: loads the Reflect shim first (ESM
- * evaluates imports in order) and pins the crypto provider to Node's WebCrypto.
+ * The one entry point to @peculiar/x509: loads reflect-metadata first, which
+ * its dependency tsyringe needs (ESM evaluates imports in order), and pins the crypto provider to Node's WebCrypto.
  * Import x509 from here, never from '@peculiar/x509' directly.
  */
-import './reflect-shim.js';
+import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
 import { webcrypto } from 'node:crypto';
 
