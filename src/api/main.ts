@@ -1,0 +1,91 @@
+/**
+ * kme-api: the SAE-facing ETSI GS QKD 014 server of one node.
+ *
+ *   node dist/src/api/main.js --config <path>
+ *
+ * HTTPS with mutual TLS on cfg.api.host:cfg.api.port; every key operation is
+ * forwarded to keypoold over its Unix socket. Holds no key state.
+ * Exit codes: 0 after SIGTERM/SIGINT, 1 on an uncaught error, 2 on bad configuration.
+ */
+import { readFileSync } from 'node:fs';
+import type { Server as HttpsServer } from 'node:https';
+import { configPathFromArgv, loadConfig, type NodeConfig } from '../common/config.js';
+import { createLogger, type Logger } from '../common/logger.js';
+import { NdjsonPoolClient } from '../ipc/ndjson-client.js';
+import { createEtsiApp } from './app.js';
+import { identityFromSocket, type TlsMaterial } from './mtls.js';
+import { createEtsiServer, listen } from './server.js';
+
+const HARD_EXIT_MS = 5_000;
+
+function readTls(cfg: NodeConfig): TlsMaterial {
+  const read = (what: string, p: string) => {
+    try {
+      return readFileSync(p);
+    } catch (e) {
+      throw new Error(`cannot read api.tls.${what} ${p}: ${(e as Error).message}`);
+    }
+  };
+  return { key: read('key', cfg.api.tls.key), cert: read('cert', cfg.api.tls.cert), ca: read('ca', cfg.api.tls.ca) };
+}
+
+function main(): void {
+  let cfg: NodeConfig;
+  let tls: TlsMaterial;
+  try {
+    cfg = loadConfig(configPathFromArgv(process.argv));
+    tls = readTls(cfg);
+  } catch (e) {
+    process.stderr.write(`kme-api: ${(e as Error).message}\n`);
+    process.exit(2);
+  }
+
+  const logger = createLogger('kme-api', cfg.log_level);
+  const pool = new NdjsonPoolClient({ path: cfg.keypoold.socket, logger });
+  const app = createEtsiApp({
+    pool,
+    limits: cfg.limits,
+    kmeId: cfg.kme_id,
+    identityOf: identityFromSocket(cfg.api.identity),
+    logger,
+    maxBodyBytes: cfg.api.max_body_bytes,
+  });
+
+  const server = createEtsiServer(app, tls, logger);
+  installShutdown(server, pool, logger);
+  listen(server, cfg.api.port, cfg.api.host).then(
+    (port) => logger.info({ host: cfg.api.host, port, kme_id: cfg.kme_id }, 'listening'),
+    (err: unknown) => {
+      logger.fatal({ err }, 'cannot listen');
+      process.exit(1);
+    },
+  );
+}
+
+function installShutdown(server: HttpsServer, pool: NdjsonPoolClient, logger: Logger): void {
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'stopping');
+    setTimeout(() => {
+      logger.warn('in-flight requests did not finish in time; exiting');
+      process.exit(0);
+    }, HARD_EXIT_MS).unref();
+    server.close(() => {
+      void pool.close().finally(() => process.exit(0));
+    });
+    server.closeIdleConnections();
+  };
+  process.once('SIGTERM', () => stop('SIGTERM'));
+  process.once('SIGINT', () => stop('SIGINT'));
+
+  const die = (err: unknown) => {
+    logger.fatal({ err }, 'uncaught error');
+    process.exit(1);
+  };
+  process.on('uncaughtException', die);
+  process.on('unhandledRejection', die);
+}
+
+main();

@@ -1,0 +1,114 @@
+/**
+ * Real processes again, with a short key lifetime: unfetched keys expire and
+ * are erased on both nodes; the KME-to-KME port takes only the peer KME's
+ * certificate and the SAE port takes no KME certificate.
+ */
+import Database from 'better-sqlite3';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { issueCert } from '../../src/pki/x509.js';
+import { DemoNet, httpsCall, startDemoNet } from '../helpers/demo-net.js';
+
+let net: DemoNet;
+
+beforeAll(async () => {
+  net = await startDemoNet({
+    patchConfig: (cfg) => {
+      cfg.key_ttl_seconds = 2;
+      cfg.expiry_grace_seconds = 0;
+    },
+  });
+  await net.waitForStock('SAE_A1', 'SAE_B1', 10);
+}, 90_000);
+
+afterAll(async () => {
+  await net?.stop();
+  net?.destroy();
+});
+
+function keyRows(kmeId: string): number {
+  const db = new Database(join(net.path(net.node(kmeId).state_dir), 'keystore.sqlite'), { readonly: true, fileMustExist: true });
+  try {
+    return (db.prepare('SELECT count(*) AS n FROM keys').get() as { n: number }).n;
+  } finally {
+    db.close();
+  }
+}
+
+describe('key expiry', () => {
+  it('erases unfetched keys on both nodes once they expire, and then refuses them', async () => {
+    const remote = await net.sae('SAE_A1').post('/api/v1/keys/SAE_B1/enc_keys', { number: 3 });
+    const local = await net.sae('SAE_A1').post('/api/v1/keys/SAE_A2/enc_keys', { number: 2 });
+    expect(remote.status).toBe(200);
+    expect(local.status).toBe(200);
+    expect(keyRows('KME_B')).toBeGreaterThanOrEqual(3);
+    expect(keyRows('KME_A')).toBeGreaterThanOrEqual(2);
+    await new Promise((r) => setTimeout(r, 4000));
+    expect(keyRows('KME_A')).toBe(0);
+    expect(keyRows('KME_B')).toBe(0);
+    const late = await net.sae('SAE_B1').post('/api/v1/keys/SAE_A1/dec_keys', {
+      key_IDs: remote.body.keys.map((k: { key_ID: string }) => ({ key_ID: k.key_ID })),
+    });
+    expect(late.status).toBe(400);
+    expect(late.body.message).toBe('one or more keys specified are not found on KME');
+    const lateLocal = await net.sae('SAE_A2').get(`/api/v1/keys/SAE_A1/dec_keys?key_ID=${local.body.keys[0].key_ID}`);
+    expect(lateLocal.status).toBe(400);
+  });
+});
+
+describe('KME-to-KME channel', () => {
+  const ca = () => readFileSync(net.path(net.demo.ca_cert));
+  const files = (cert: string, key: string) => ({ cert: readFileSync(net.path(cert)), key: readFileSync(net.path(key)), ca: ca() });
+  const helloUrl = (kmeId: string) => `${net.node(kmeId).peer_url}/peer/v1/links/KME_A-KME_B/hello`;
+
+  it('answers the peer KME certificate', async () => {
+    const b = net.node('KME_B');
+    const r = await httpsCall(helloUrl('KME_A'), 'GET', files(b.kme_cert, b.kme_key));
+    expect(r.status).toBe(200);
+    expect(r.body).toMatchObject({ kme_id: 'KME_A', link: 'KME_A-KME_B' });
+  });
+
+  it('refuses an SAE certificate and its own KME certificate', async () => {
+    const sae = net.node('KME_B').saes[0]!;
+    const r = await httpsCall(helloUrl('KME_A'), 'GET', files(sae.cert, sae.key));
+    expect(r.status).toBe(403);
+    const a = net.node('KME_A');
+    const self = await httpsCall(helloUrl('KME_A'), 'GET', files(a.kme_cert, a.kme_key));
+    expect(self.status).toBe(403);
+  });
+
+  it('refuses a client without a certificate at the handshake', async () => {
+    await expect(httpsCall(helloUrl('KME_A'), 'GET', { ca: ca() })).rejects.toThrow();
+  });
+
+  it('the SAE port answers a KME certificate with 401', async () => {
+    const b = net.node('KME_B');
+    const r = await httpsCall(`${net.node('KME_A').etsi_url}/api/v1/keys/SAE_B2/status`, 'GET', files(b.kme_cert, b.kme_key));
+    expect(r.status).toBe(401);
+    expect(typeof r.body.message).toBe('string');
+  });
+});
+
+describe('SAE registration', () => {
+  const statusAtA = (tls: { cert: Buffer | string; key: Buffer | string }) =>
+    httpsCall(`${net.node('KME_A').etsi_url}/api/v1/keys/SAE_B2/status`, 'GET', {
+      cert: Buffer.from(tls.cert), key: Buffer.from(tls.key), ca: readFileSync(net.path(net.demo.ca_cert)),
+    });
+
+  it('accepts a certificate reissued by the CA for a registered SAE', async () => {
+    const ca = { cert: readFileSync(net.path(net.demo.ca_cert), 'utf8'), key: readFileSync(net.path(net.demo.ca_key), 'utf8') };
+    const r = await statusAtA(await issueCert(ca, { cn: 'SAE_A3', usage: 'client' }));
+    expect(r.status).toBe(200);
+    expect(r.body.master_SAE_ID).toBe('SAE_A3');
+  });
+
+  it('answers 401 to a valid certificate of an SAE that is not registered, or registered at the other KME', async () => {
+    const ca = { cert: readFileSync(net.path(net.demo.ca_cert), 'utf8'), key: readFileSync(net.path(net.demo.ca_key), 'utf8') };
+    const stranger = await statusAtA(await issueCert(ca, { cn: 'SAE_X9', usage: 'client' }));
+    expect(stranger.status).toBe(401);
+    const b1 = net.node('KME_B').saes.find((s) => s.sae_id === 'SAE_B1')!;
+    const elsewhere = await statusAtA({ cert: readFileSync(net.path(b1.cert)), key: readFileSync(net.path(b1.key)) });
+    expect(elsewhere.status).toBe(401);
+  });
+});

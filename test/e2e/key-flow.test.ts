@@ -1,0 +1,176 @@
+/**
+ * The demo network's real processes: key round trips between the two KMEs
+ * and on one KME, keypoold restarts, one-shot delivery, multicast, races,
+ * fail-closed behaviour when the peer is down, and no key bytes at rest or
+ * in logs.
+ */
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DemoNet, startDemoNet } from '../helpers/demo-net.js';
+
+let net: DemoNet;
+const seen: string[] = []; // every key (base64) handed out in this file
+
+beforeAll(async () => {
+  net = await startDemoNet();
+  await net.waitForStock('SAE_A1', 'SAE_B1', 50);
+  await net.waitForStock('SAE_B1', 'SAE_A1', 50);
+}, 90_000);
+
+afterAll(async () => {
+  await net?.stop();
+  net?.destroy();
+});
+
+async function enc(master: string, slave: string, body?: unknown) {
+  const r = await net.sae(master).post(`/api/v1/keys/${slave}/enc_keys`, body ?? {});
+  expect(r.status, r.text).toBe(200);
+  for (const k of r.body.keys) seen.push(k.key);
+  return r.body.keys as Array<{ key_ID: string; key: string }>;
+}
+
+async function dec(slave: string, master: string, ids: string[]) {
+  return net.sae(slave).post(`/api/v1/keys/${master}/dec_keys`, { key_IDs: ids.map((key_ID) => ({ key_ID })) });
+}
+
+async function roundTrip(master: string, slave: string, number = 3, size = 256) {
+  const keys = await enc(master, slave, { number, size });
+  expect(keys).toHaveLength(number);
+  for (const k of keys) expect(Buffer.from(k.key, 'base64')).toHaveLength(size / 8);
+  const r = await dec(slave, master, keys.map((k) => k.key_ID));
+  expect(r.status, r.text).toBe(200);
+  expect(r.body.keys).toEqual(keys);
+  return keys;
+}
+
+describe('two-node demo network', () => {
+  it('serves round trips A1->B1, B1->A1 and A1->A2 with identical bytes at both ends', async () => {
+    await roundTrip('SAE_A1', 'SAE_B1');
+    await roundTrip('SAE_B1', 'SAE_A1', 2, 1024);
+    await roundTrip('SAE_A1', 'SAE_A2', 4, 512);
+    const status = await net.sae('SAE_A1').get('/api/v1/keys/SAE_A2/status');
+    expect(status.body).toMatchObject({ source_KME_ID: 'KME_A', target_KME_ID: 'KME_A' });
+  });
+
+  it('keeps every undelivered key and keeps serving across keypoold restarts on both nodes', async () => {
+    const ab = await enc('SAE_A1', 'SAE_B1', { number: 2 });
+    const ba = await enc('SAE_B1', 'SAE_A1', { number: 2 });
+    const aa = await enc('SAE_A1', 'SAE_A2', { number: 2 });
+    await net.restart('KME_A', 'kme-keypoold');
+    await net.restart('KME_B', 'kme-keypoold', 'SIGKILL');
+    await net.waitForStock('SAE_A1', 'SAE_B1', 5);
+    await net.waitForStock('SAE_B1', 'SAE_A1', 5);
+    for (const [slave, master, keys] of [['SAE_B1', 'SAE_A1', ab], ['SAE_A1', 'SAE_B1', ba], ['SAE_A2', 'SAE_A1', aa]] as const) {
+      const r = await dec(slave, master, keys.map((k) => k.key_ID));
+      expect(r.status, r.text).toBe(200);
+      expect(r.body.keys).toEqual(keys);
+    }
+    await roundTrip('SAE_A1', 'SAE_B1');
+    await roundTrip('SAE_B1', 'SAE_A1');
+    await roundTrip('SAE_A1', 'SAE_A2');
+  });
+
+  it('serves a key to its slave once, and never to an SAE that is not its slave', async () => {
+    const [k] = await enc('SAE_A1', 'SAE_B1');
+    const other = await dec('SAE_B2', 'SAE_A1', [k!.key_ID]);
+    expect(other.status).toBe(401);
+    expect(typeof other.body.message).toBe('string');
+    const get = await net.sae('SAE_B1').get(`/api/v1/keys/SAE_A1/dec_keys?key_ID=${k!.key_ID}`);
+    expect(get.status).toBe(200);
+    expect(get.body.keys).toEqual([k]);
+    const again = await dec('SAE_B1', 'SAE_A1', [k!.key_ID]);
+    expect(again.status).toBe(400);
+    expect(again.body).toEqual({ message: 'one or more keys specified are not found on KME' });
+  });
+
+  it('delivers a batch all or nothing', async () => {
+    const keys = await enc('SAE_A1', 'SAE_B1', { number: 2 });
+    const bad = await dec('SAE_B1', 'SAE_A1', [keys[0]!.key_ID, '00000000-0000-4000-8000-000000000000']);
+    expect(bad.status).toBe(400);
+    const good = await dec('SAE_B1', 'SAE_A1', keys.map((k) => k.key_ID));
+    expect(good.status).toBe(200);
+    expect(good.body.keys).toEqual(keys);
+  });
+
+  it('multicast: every named slave gets the same key once; slaves on two KMEs are refused', async () => {
+    const keys = await enc('SAE_A1', 'SAE_B1', { number: 2, additional_slave_SAE_IDs: ['SAE_B2'] });
+    expect((await dec('SAE_B3', 'SAE_A1', [keys[0]!.key_ID])).status).toBe(401);
+    for (const slave of ['SAE_B1', 'SAE_B2']) {
+      const r = await dec(slave, 'SAE_A1', keys.map((k) => k.key_ID));
+      expect(r.status, r.text).toBe(200);
+      expect(r.body.keys).toEqual(keys);
+      expect((await dec(slave, 'SAE_A1', keys.map((k) => k.key_ID))).status).toBe(400);
+    }
+    // fetched by its last slave: erased
+    expect((await dec('SAE_B3', 'SAE_A1', [keys[0]!.key_ID])).status).toBe(400);
+    const local = await enc('SAE_A1', 'SAE_A2', { additional_slave_SAE_IDs: ['SAE_A3'] });
+    expect((await dec('SAE_A3', 'SAE_A1', [local[0]!.key_ID])).body.keys).toEqual(local);
+    const mixed = await net.sae('SAE_A1').post('/api/v1/keys/SAE_B1/enc_keys', { additional_slave_SAE_IDs: ['SAE_A2'] });
+    expect(mixed.status).toBe(400);
+    expect(mixed.body.message).toMatch(/same KME/);
+  });
+
+  it('concurrent fetches of one key: exactly one wins', async () => {
+    const [k] = await enc('SAE_A1', 'SAE_B1');
+    const results = await Promise.all(Array.from({ length: 12 }, () => dec('SAE_B1', 'SAE_A1', [k!.key_ID])));
+    expect(results.filter((r) => r.status === 200)).toHaveLength(1);
+    expect(results.filter((r) => r.status === 400)).toHaveLength(11);
+  });
+
+  it('concurrent requests from both ends never hand out the same key twice', async () => {
+    const batches = await Promise.all([
+      ...Array.from({ length: 20 }, () => enc('SAE_A1', 'SAE_B1', { number: 4 })),
+      ...Array.from({ length: 20 }, () => enc('SAE_B1', 'SAE_A1', { number: 4 })),
+      ...Array.from({ length: 10 }, () => enc('SAE_A2', 'SAE_B2', { number: 4 })),
+    ]);
+    const all = batches.flat();
+    expect(new Set(all.map((k) => k.key_ID)).size).toBe(all.length);
+    expect(new Set(all.map((k) => k.key)).size).toBe(all.length);
+    const fetched = await Promise.all(
+      batches.map((keys, i) => (i < 20 ? dec('SAE_B1', 'SAE_A1', keys.map((k) => k.key_ID)) : i < 40 ? dec('SAE_A1', 'SAE_B1', keys.map((k) => k.key_ID)) : dec('SAE_B2', 'SAE_A2', keys.map((k) => k.key_ID)))),
+    );
+    fetched.forEach((r, i) => {
+      expect(r.status, r.text).toBe(200);
+      expect(r.body.keys).toEqual(batches[i]);
+    });
+  });
+
+  it('fails closed with 503 while the peer keypoold is down, and recovers by itself', async () => {
+    await net.proc('KME_B', 'kme-keypoold').stop();
+    const r = await net.sae('SAE_A1').post('/api/v1/keys/SAE_B1/enc_keys', {});
+    expect(r.status).toBe(503);
+    expect(typeof r.body.message).toBe('string');
+    expect(r.body.keys).toBeUndefined();
+    // same-node pairs do not need the peer
+    await roundTrip('SAE_A1', 'SAE_A2', 1);
+    // the peer's own API has no pool behind it either
+    const atB = await net.sae('SAE_B1').post('/api/v1/keys/SAE_A1/enc_keys', {});
+    expect(atB.status).toBe(503);
+    await net.startProc('KME_B', 'kme-keypoold');
+    await net.waitForStock('SAE_A1', 'SAE_B1', 5);
+    await roundTrip('SAE_A1', 'SAE_B1');
+  });
+
+  it('keeps no key bytes in plaintext under the state folders and writes none to the logs', async () => {
+    await roundTrip('SAE_A1', 'SAE_B1');
+    const files: string[] = [];
+    const walk = (d: string) => {
+      for (const f of readdirSync(d)) {
+        const p = join(d, f);
+        const st = statSync(p);
+        if (st.isDirectory()) walk(p);
+        else if (st.isFile()) files.push(p);
+      }
+    };
+    walk(net.dir);
+    const blobs = files.map((f) => readFileSync(f));
+    const logs = [...net.procs.values()].flatMap((p) => [...p.output('stdout'), ...p.output('stderr')]).join('\n');
+    expect(seen.length).toBeGreaterThan(50);
+    for (const b64 of seen) {
+      const raw = Buffer.from(b64, 'base64');
+      for (const blob of blobs) expect(blob.includes(raw)).toBe(false);
+      expect(logs.includes(b64)).toBe(false);
+    }
+  });
+});

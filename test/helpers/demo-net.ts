@@ -1,0 +1,170 @@
+/**
+ * A real two-node demo network for end-to-end tests: prepareDemo in a temp
+ * folder with free ports, the four real processes (from dist/, built by
+ * `npm test`), and mTLS clients for each SAE.
+ */
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { request, Agent } from 'node:https';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { isAbsolute, join, resolve } from 'node:path';
+import { prepareDemo, type DemoDescription } from '../../src/demo/prepare.js';
+import { startProcess, type ManagedProcess } from '../../src/demo/processes.js';
+
+export const repoRoot = resolve(import.meta.dirname, '../..');
+
+export async function freePorts(n: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from({ length: n }, () => new Promise<import('node:net').Server>((r) => {
+      const s = createServer();
+      s.listen(0, '127.0.0.1', () => r(s));
+    })),
+  );
+  const ports = servers.map((s) => (s.address() as { port: number }).port);
+  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  return ports;
+}
+
+export interface HttpResult {
+  status: number;
+  body: any;
+  text: string;
+  headers: Record<string, string | string[] | undefined>;
+}
+
+export interface SaeClient {
+  saeId: string;
+  kmeId: string;
+  get(path: string): Promise<HttpResult>;
+  post(path: string, body?: unknown, headers?: Record<string, string>): Promise<HttpResult>;
+}
+
+export function httpsCall(
+  url: string, method: string, tls: { cert?: Buffer; key?: Buffer; ca: Buffer; agent?: Agent },
+  body?: string, headers: Record<string, string> = {},
+): Promise<HttpResult> {
+  return new Promise((resolveP, reject) => {
+    const req = request(url, { method, cert: tls.cert, key: tls.key, ca: tls.ca, agent: tls.agent ?? false, headers }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        let parsed: unknown;
+        try {
+          parsed = JSON.parse(text);
+        } catch {
+          parsed = undefined;
+        }
+        resolveP({ status: res.statusCode ?? 0, body: parsed, text, headers: res.headers });
+      });
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+export class DemoNet {
+  readonly procs = new Map<string, ManagedProcess>();
+
+  constructor(readonly demo: DemoDescription, readonly dir: string) {}
+
+  path(p: string): string {
+    return isAbsolute(p) ? p : join(this.demo.root, p);
+  }
+
+  node(kmeId: string) {
+    const n = this.demo.nodes.find((x) => x.kme_id === kmeId);
+    if (!n) throw new Error(`no node ${kmeId}`);
+    return n;
+  }
+
+  proc(kmeId: string, name: 'kme-keypoold' | 'kme-api'): ManagedProcess {
+    return this.procs.get(`${kmeId}/${name}`)!;
+  }
+
+  async startProc(kmeId: string, name: 'kme-keypoold' | 'kme-api'): Promise<void> {
+    const spec = this.node(kmeId).processes.find((p) => p.name === name)!;
+    const p = startProcess(spec.argv, { cwd: this.demo.root, name: `${kmeId}/${name}` });
+    this.procs.set(`${kmeId}/${name}`, p);
+    const ready = 'unix_socket' in spec.ready ? { unix_socket: this.path(spec.ready.unix_socket) } : spec.ready;
+    await p.waitUntilReady(ready, 20_000);
+  }
+
+  async restart(kmeId: string, name: 'kme-keypoold' | 'kme-api', signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    await this.proc(kmeId, name).stop({ signal, graceMs: 5000 });
+    await this.startProc(kmeId, name);
+  }
+
+  sae(saeId: string): SaeClient {
+    for (const n of this.demo.nodes) {
+      const s = n.saes.find((x) => x.sae_id === saeId);
+      if (!s) continue;
+      const tls = { cert: readFileSync(this.path(s.cert)), key: readFileSync(this.path(s.key)), ca: readFileSync(this.path(this.demo.ca_cert)) };
+      const base = n.etsi_url;
+      return {
+        saeId,
+        kmeId: n.kme_id,
+        get: (p) => httpsCall(base + p, 'GET', tls),
+        post: (p, body, headers) =>
+          httpsCall(base + p, 'POST', tls, body === undefined ? undefined : JSON.stringify(body), {
+            'content-type': 'application/json',
+            ...headers,
+          }),
+      };
+    }
+    throw new Error(`no SAE ${saeId}`);
+  }
+
+  /** Wait until a master sees at least `n` keys for a slave (the pool is stocked and the peer reachable). */
+  async waitForStock(master: string, slave: string, n = 1, timeoutMs = 20_000): Promise<void> {
+    const c = this.sae(master);
+    const end = Date.now() + timeoutMs;
+    let last: HttpResult | undefined;
+    while (Date.now() < end) {
+      last = await c.get(`/api/v1/keys/${slave}/status`).catch(() => undefined);
+      if (last?.status === 200 && last.body.stored_key_count >= n) return;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    throw new Error(`no stock for ${master}->${slave}: ${last?.status} ${last?.text}`);
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all([...this.procs.values()].map((p) => p.stop({ graceMs: 3000 }).catch(() => {})));
+  }
+
+  destroy(): void {
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+export interface StartOptions {
+  rateBps?: number;
+  /** Edit each node's config.json before the first start. */
+  patchConfig?: (cfg: any, kmeId: string) => void;
+  start?: boolean;
+}
+
+export async function startDemoNet(opts: StartOptions = {}): Promise<DemoNet> {
+  const dir = mkdtempSync(join(tmpdir(), 'kme-e2e-'));
+  const [a1, a2, p1, p2] = await freePorts(4);
+  const demo = await prepareDemo(repoRoot, { dir, apiPorts: [a1!, a2!], peerPorts: [p1!, p2!], rateBps: opts.rateBps ?? 20_000_000 });
+  const net = new DemoNet(demo, dir);
+  if (opts.patchConfig) {
+    for (const n of demo.nodes) {
+      const f = net.path(n.config);
+      const cfg = JSON.parse(readFileSync(f, 'utf8'));
+      opts.patchConfig(cfg, n.kme_id);
+      writeFileSync(f, JSON.stringify(cfg, null, 2));
+    }
+  }
+  if (opts.start !== false) {
+    try {
+      for (const n of demo.nodes) await net.startProc(n.kme_id, 'kme-keypoold');
+      for (const n of demo.nodes) await net.startProc(n.kme_id, 'kme-api');
+    } catch (e) {
+      await net.stop();
+      throw e;
+    }
+  }
+  return net;
+}
