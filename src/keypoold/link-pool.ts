@@ -113,8 +113,8 @@ export class LinkPool {
     const available = () => open.reduce((n, b) => n + (b.row.bits - b.pos), 0);
     const loadUntil = (need: number) => {
       while (!exhausted && available() < need) {
-        const rows = this.#store.s.ownedBlocks.all(link, peerHw, lastLoaded, 16);
-        if (rows.length < 16) exhausted = true;
+        const rows = this.#store.s.ownedBlocks.all(link, peerHw, lastLoaded, 4);
+        if (rows.length < 4) exhausted = true;
         for (const row of rows) {
           lastLoaded = row.block_id;
           const plain = this.#sealer.open(row.sealed, blockAad(link, row.block_id, row.start_bit));
