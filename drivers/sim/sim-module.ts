@@ -19,6 +19,8 @@ export interface SimModuleOptions {
   clock: Clock;
   /** Most blocks handed over in one batch. */
   maxBatch?: number;
+  /** Hand blocks over at most this often (the module buffers in between), unless a batch fills up. */
+  batchIntervalMs?: number;
 }
 
 export class SimQkdModule implements QkdModuleDriver {
@@ -30,7 +32,7 @@ export class SimQkdModule implements QkdModuleDriver {
   constructor(opts: SimModuleOptions) {
     if (opts.seed.length !== 32) throw new Error('simulated link seed must be 32 bytes');
     if (opts.blockBits % 8 !== 0) throw new Error('block_bits must be a multiple of 8');
-    this.#opts = { maxBatch: 256, ...opts, seed: Buffer.from(opts.seed) };
+    this.#opts = { maxBatch: 256, batchIntervalMs: 100, ...opts, seed: Buffer.from(opts.seed) };
     this.#periodMs = (opts.blockBits / opts.rateBps) * 1000;
   }
 
@@ -69,24 +71,31 @@ export class SimQkdModule implements QkdModuleDriver {
   }
 
   async *blocks(fromId: number, signal?: AbortSignal): AsyncIterable<KeyBlock[]> {
-    const { clock, blockBits, maxBatch } = this.#opts;
+    const { clock, blockBits, maxBatch, batchIntervalMs } = this.#opts;
     const stop = signal ? AbortSignal.any([signal, this.#closer.signal]) : this.#closer.signal;
     let next = fromId;
+    let lastYield = -Infinity;
     while (!stop.aborted) {
       const upTo = this.producedUpTo();
-      if (upTo < next) {
-        const readyAt = this.#opts.epochMs + (next + 1) * this.#periodMs;
+      const ready = upTo - next + 1;
+      // Wait for the first block, then let blocks gather for batchIntervalMs unless a batch is full.
+      const waitMs = ready <= 0
+        ? this.#opts.epochMs + (next + 1) * this.#periodMs - clock.now()
+        : ready < maxBatch ? lastYield + batchIntervalMs - clock.now() : 0;
+      if (waitMs > 0) {
         try {
-          await clock.sleep(Math.max(1, Math.ceil(readyAt - clock.now())), stop);
+          await clock.sleep(Math.max(1, Math.ceil(waitMs)), stop);
         } catch {
           return;
         }
-        continue;
+        if (ready <= 0 || clock.now() < lastYield + batchIntervalMs) continue;
       }
-      const last = Math.min(upTo, next + maxBatch - 1);
+      const last = Math.min(this.producedUpTo(), next + maxBatch - 1);
+      if (last < next) continue;
       const batch: KeyBlock[] = [];
       for (let id = next; id <= last; id++) batch.push({ blockId: id, bits: blockBits, material: this.material(id) });
       next = last + 1;
+      lastYield = clock.now();
       yield batch;
     }
   }

@@ -72,7 +72,7 @@ export function buildNodeConfig(c: NodeConfigInput): Record<string, unknown> {
           driver: 'sim',
           seed_file: rel(c.link.seed_file),
           rate_bps: c.link.rate_bps,
-          block_bits: 65536,
+          block_bits: 8192,
           epoch_ms: c.link.epoch_ms,
         },
       },

@@ -9,7 +9,7 @@ import { KmeError } from '../common/errors.js';
 import type { KeyBlock } from '../../drivers/types.js';
 import { blockAad, keyAad } from './block-aad.js';
 import type { Sealer } from './seal.js';
-import type { BlockRow, Slice, Store } from './store.js';
+import type { BlockMeta, Slice, Store } from './store.js';
 import type { PeerReservation, PeerRidState } from './peer-protocol.js';
 
 export interface LinkPoolOptions {
@@ -33,8 +33,9 @@ export interface Carved {
 }
 
 interface OpenBlock {
-  row: BlockRow;
-  plain: Buffer; // bits [row.start_bit, row.bits)
+  row: BlockMeta;
+  /** Bits [row.start_bit, row.bits), decrypted only once something is carved from it. */
+  plain?: Buffer;
   pos: number; // next uncarved bit
 }
 
@@ -85,14 +86,8 @@ export class LinkPool {
     for (const b of blocks) {
       if (b.blockId <= hw) continue; // already held
       if (b.blockId !== hw + 1) throw new KmeError('INTERNAL', `block ${b.blockId} out of sequence after ${hw}`);
-      this.#store.s.blockPut.run({
-        link,
-        block_id: b.blockId,
-        bits: b.bits,
-        mine: this.isMine(b.blockId) ? 1 : 0,
-        start_bit: 0,
-        sealed: this.#sealer.seal(b.material, blockAad(link, b.blockId, 0)),
-      });
+      this.#store.s.blockPut.run({ link, block_id: b.blockId, bits: b.bits, mine: this.isMine(b.blockId) ? 1 : 0, start_bit: 0 });
+      this.#store.s.dataPut.run(link, b.blockId, this.#sealer.seal(b.material, blockAad(link, b.blockId, 0)));
       hw = b.blockId;
     }
     this.#store.s.hwPut.run(link, hw);
@@ -117,8 +112,7 @@ export class LinkPool {
         if (rows.length < 4) exhausted = true;
         for (const row of rows) {
           lastLoaded = row.block_id;
-          const plain = this.#sealer.open(row.sealed, blockAad(link, row.block_id, row.start_bit));
-          open.push({ row, plain, pos: row.start_bit });
+          open.push({ row, pos: row.start_bit });
         }
       }
     };
@@ -139,6 +133,7 @@ export class LinkPool {
           let left = req.size;
           while (left > 0) {
             const b = open[bi]!;
+            b.plain ??= this.#openData(b.row, b.row.start_bit);
             const take = Math.min(left, b.row.bits - b.pos);
             const from = (b.pos - b.row.start_bit) / 8;
             parts.push(b.plain.subarray(from, from + take / 8));
@@ -155,14 +150,15 @@ export class LinkPool {
       for (const b of open) {
         if (b.pos === b.row.start_bit) continue;
         if (b.pos === b.row.bits) {
-          this.#store.s.blockDelete.run(link, b.row.block_id);
+          this.#store.eraseBlock(link, b.row.block_id);
         } else {
-          const tail = b.plain.subarray((b.pos - b.row.start_bit) / 8);
-          this.#store.s.blockUpdate.run(b.pos, this.#sealer.seal(tail, blockAad(link, b.row.block_id, b.pos)), link, b.row.block_id);
+          const tail = b.plain!.subarray((b.pos - b.row.start_bit) / 8);
+          this.#store.s.blockCursor.run(b.pos, link, b.row.block_id);
+          this.#store.s.dataPut.run(link, b.row.block_id, this.#sealer.seal(tail, blockAad(link, b.row.block_id, b.pos)));
         }
       }
     } finally {
-      for (const b of open) b.plain.fill(0);
+      for (const b of open) b.plain?.fill(0);
     }
     return out;
   }
@@ -174,7 +170,15 @@ export class LinkPool {
 
   /** The owner says every block it owns below `below` is fully carved and sent. */
   erasePeerBlocksBelow(below: number): void {
+    this.#store.s.erasePeerData.run({ link: this.opts.linkId, below });
     this.#store.s.erasePeerBlocks.run(this.opts.linkId, below);
+  }
+
+  /** Decrypt a block's stored material, sealed when its first bit was `sealedFrom`. */
+  #openData(row: BlockMeta, sealedFrom: number): Buffer {
+    const d = this.#store.s.dataGet.get(row.link, row.block_id);
+    if (!d) throw new KmeError('INTERNAL', `block ${row.block_id} has no material`);
+    return this.#sealer.open(d.sealed, blockAad(row.link, row.block_id, sealedFrom));
   }
 
   /**
@@ -187,7 +191,7 @@ export class LinkPool {
     const known = s.resGet.get(r.rid);
     if (known) return { state: known.role === 'peer' ? known.state : 'refused', reason: known.role === 'peer' ? undefined : 'rid in use' };
     const link = this.opts.linkId;
-    const opened = new Map<number, { row: BlockRow; plain: Buffer; cursor: number }>();
+    const opened = new Map<number, { row: BlockMeta; plain: Buffer; cursor: number }>();
     const keys: Buffer[] = [];
     try {
       if (r.key_ids.length !== r.slices.length) return { state: 'refused', reason: 'key_ids and slices differ in length' };
@@ -200,7 +204,7 @@ export class LinkPool {
           if (!b) {
             const row = s.blockGet.get(link, blockId);
             if (!row) return { state: 'refused', reason: `block ${blockId} not held` };
-            b = { row, plain: this.#sealer.open(row.sealed, blockAad(link, blockId, 0)), cursor: row.start_bit };
+            b = { row, plain: this.#openData(row, 0), cursor: row.start_bit };
             opened.set(blockId, b);
           }
           if (n <= 0 || n % 8 !== 0 || offset % 8 !== 0 || offset < b.cursor || offset + n > b.row.bits) {

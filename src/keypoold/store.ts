@@ -31,13 +31,13 @@ export interface ReservationRow {
   peer_acked: number;
 }
 
-export interface BlockRow {
+/** A block's bookkeeping; its sealed material is in block_data, read only when carved from. */
+export interface BlockMeta {
   link: string;
   block_id: number;
   bits: number;
   mine: number;
   start_bit: number;
-  sealed: Buffer;
 }
 
 export interface KeyRow {
@@ -53,8 +53,11 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT RO
 CREATE TABLE IF NOT EXISTS link_state (link TEXT PRIMARY KEY, high_water INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blocks (
   link TEXT NOT NULL, block_id INTEGER NOT NULL, bits INTEGER NOT NULL,
-  mine INTEGER NOT NULL, start_bit INTEGER NOT NULL, sealed BLOB NOT NULL,
+  mine INTEGER NOT NULL, start_bit INTEGER NOT NULL,
   PRIMARY KEY (link, block_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS block_data (
+  link TEXT NOT NULL, block_id INTEGER NOT NULL, sealed BLOB NOT NULL,
+  PRIMARY KEY (link, block_id));
 CREATE TABLE IF NOT EXISTS reservations (
   rid TEXT PRIMARY KEY, link TEXT, role TEXT NOT NULL, state TEXT NOT NULL,
   master TEXT NOT NULL, slaves TEXT NOT NULL, key_ids TEXT NOT NULL, slices TEXT,
@@ -96,13 +99,15 @@ export class Store {
       hwGet: db.prepare<[string], { high_water: number }>('SELECT high_water FROM link_state WHERE link = ?'),
       hwPut: db.prepare('INSERT OR REPLACE INTO link_state (link, high_water) VALUES (?, ?)'),
       blockPut: db.prepare(
-        'INSERT OR IGNORE INTO blocks (link, block_id, bits, mine, start_bit, sealed) VALUES (@link, @block_id, @bits, @mine, @start_bit, @sealed)',
+        'INSERT OR IGNORE INTO blocks (link, block_id, bits, mine, start_bit) VALUES (@link, @block_id, @bits, @mine, @start_bit)',
       ),
-      blockGet: db.prepare<[string, number], BlockRow>('SELECT * FROM blocks WHERE link = ? AND block_id = ?'),
-      blockUpdate: db.prepare('UPDATE blocks SET start_bit = ?, sealed = ? WHERE link = ? AND block_id = ?'),
+      dataPut: db.prepare('INSERT OR REPLACE INTO block_data (link, block_id, sealed) VALUES (?, ?, ?)'),
+      dataGet: db.prepare<[string, number], { sealed: Buffer }>('SELECT sealed FROM block_data WHERE link = ? AND block_id = ?'),
+      blockGet: db.prepare<[string, number], BlockMeta>('SELECT * FROM blocks WHERE link = ? AND block_id = ?'),
       blockCursor: db.prepare('UPDATE blocks SET start_bit = ? WHERE link = ? AND block_id = ?'),
       blockDelete: db.prepare('DELETE FROM blocks WHERE link = ? AND block_id = ?'),
-      ownedBlocks: db.prepare<[string, number, number, number], BlockRow>(
+      dataDelete: db.prepare('DELETE FROM block_data WHERE link = ? AND block_id = ?'),
+      ownedBlocks: db.prepare<[string, number, number, number], BlockMeta>(
         'SELECT * FROM blocks WHERE link = ? AND mine = 1 AND block_id <= ? AND block_id > ? ORDER BY block_id LIMIT ?',
       ),
       ownedBits: db.prepare<[string, number], { n: number | null }>(
@@ -111,6 +116,9 @@ export class Store {
       lowestOwned: db.prepare<[string], { b: number | null }>('SELECT min(block_id) AS b FROM blocks WHERE link = ? AND mine = 1'),
       blockStats: db.prepare<[string], { n: number; bits: number | null }>(
         'SELECT count(*) AS n, sum(bits - start_bit) AS bits FROM blocks WHERE link = ?',
+      ),
+      erasePeerData: db.prepare(
+        'DELETE FROM block_data WHERE link = @link AND block_id IN (SELECT block_id FROM blocks WHERE link = @link AND mine = 0 AND block_id < @below)',
       ),
       erasePeerBlocks: db.prepare('DELETE FROM blocks WHERE link = ? AND mine = 0 AND block_id < ?'),
       resGet: db.prepare<[string], ReservationRow>('SELECT * FROM reservations WHERE rid = ?'),
@@ -150,6 +158,12 @@ export class Store {
 
   highWater(link: string): number {
     return this.#s.hwGet.get(link)?.high_water ?? -1;
+  }
+
+  /** Erase a block and its sealed material. */
+  eraseBlock(link: string, blockId: number): void {
+    this.#s.blockDelete.run(link, blockId);
+    this.#s.dataDelete.run(link, blockId);
   }
 
   /** Erase one key record and its slave rows (secure_delete overwrites them). */

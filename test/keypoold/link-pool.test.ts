@@ -105,4 +105,14 @@ describe('LinkPool', () => {
     expect(foreign).toMatchObject({ state: 'refused' });
     expect(foreign.reason).toMatch(/not the sender/);
   });
+
+  it('the peer erases the owner blocks the owner says are fully carved, and only those', () => {
+    const B = node('KME_B', 'KME_A');
+    B.store.db.transaction(() => B.pool.ingest(blocks(0, 6)))();
+    B.store.db.transaction(() => B.pool.erasePeerBlocksBelow(4))();
+    const left = B.store.db.prepare('SELECT block_id FROM blocks ORDER BY block_id').all().map((r: any) => r.block_id);
+    expect(left).toEqual([1, 3, 4, 5]);
+    const data = B.store.db.prepare('SELECT block_id FROM block_data ORDER BY block_id').all().map((r: any) => r.block_id);
+    expect(data).toEqual([1, 3, 4, 5]);
+  });
 });
