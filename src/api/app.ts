@@ -54,6 +54,7 @@ function statusBody(r: StatusResult): StatusResult {
     max_key_size: r.max_key_size,
     min_key_size: r.min_key_size,
     max_SAE_ID_count: r.max_SAE_ID_count,
+    ...(r.status_extension ? { status_extension: { key_source: r.status_extension.key_source } } : {}),
   };
 }
 

@@ -104,7 +104,17 @@ export const nodeConfigSchema = z
     links: z.array(linkSchema).default([]),
     log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   })
-  .strict();
+  .strict()
+  .superRefine((c, ctx) => {
+    const seen = new Set<string>();
+    c.links.forEach((l, i) => {
+      // Block ownership is decided by comparing the two KME IDs: they must differ.
+      if (l.peer_kme_id === c.kme_id) ctx.addIssue({ code: 'custom', path: ['links', i, 'peer_kme_id'], message: 'a link must lead to another KME' });
+      if (seen.has(l.peer_kme_id)) ctx.addIssue({ code: 'custom', path: ['links', i, 'peer_kme_id'], message: `a second link to ${l.peer_kme_id}` });
+      if (seen.has(`#${l.link_id}`)) ctx.addIssue({ code: 'custom', path: ['links', i, 'link_id'], message: `link_id ${l.link_id} used twice` });
+      seen.add(l.peer_kme_id).add(`#${l.link_id}`);
+    });
+  });
 
 export type NodeConfig = z.infer<typeof nodeConfigSchema>;
 export type Limits = NodeConfig['limits'];

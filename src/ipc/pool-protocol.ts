@@ -29,6 +29,8 @@ export interface StatusResult {
   max_key_size: number;
   min_key_size: number;
   max_SAE_ID_count: number;
+  /** Where this pair's keys come from: the QKD link, or local randomness for a same-node pair. */
+  status_extension?: { key_source: 'qkd_link' | 'local_csprng' };
 }
 
 export interface EncKeysArgs {

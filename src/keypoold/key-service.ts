@@ -21,6 +21,8 @@ export interface KeyServiceDeps {
   kmeId: string;
   limits: Limits;
   ttlMs: number;
+  /** An unfetched key stays this long past its expiry time (clock skew between the two KMEs). */
+  graceMs: number;
   registry: Registry;
   store: Store;
   sealer: Sealer;
@@ -93,6 +95,7 @@ export class KeyService {
       max_key_size: l.max_key_size,
       min_key_size: l.min_key_size,
       max_SAE_ID_count: l.max_SAE_ID_count,
+      status_extension: { key_source: route.kind === 'local' ? 'local_csprng' : 'qkd_link' },
     };
   }
 
@@ -137,7 +140,7 @@ export class KeyService {
     }
     const { store, sealer, batcher, clock } = this.#d;
     const issued = await batcher.run(() => {
-      const now = clock.now();
+      const now = clock.now() - this.#d.graceMs;
       const rows = a.key_ids.map((id) => {
         const row = store.s.keyGet.get(id);
         if (!row || row.master !== a.master || row.expires_at <= now) throw badRequest(EtsiMessage.keysNotFound);
@@ -153,9 +156,14 @@ export class KeyService {
         out.forEach((k) => k.material.fill(0));
         throw e;
       }
-      for (const row of rows) {
-        store.s.slaveFetched.run(row.key_id, a.caller);
-        if (store.s.slavesLeft.get(row.key_id)!.n === 0) store.eraseKey(row.key_id);
+      try {
+        for (const row of rows) {
+          store.s.slaveFetched.run(row.key_id, a.caller);
+          if (store.s.slavesLeft.get(row.key_id)!.n === 0) store.eraseKey(row.key_id);
+        }
+      } catch (e) {
+        out.forEach((k) => k.material.fill(0));
+        throw e;
       }
       return out;
     });
@@ -163,8 +171,8 @@ export class KeyService {
   }
 
   /** Erase expired keys and forget old reservations. */
-  async sweep(graceMs: number): Promise<number> {
-    const { store, batcher, clock } = this.#d;
+  async sweep(): Promise<number> {
+    const { store, batcher, clock, graceMs } = this.#d;
     return batcher.run(() => {
       const now = clock.now();
       const expired = store.s.expiredKeys.all(now - graceMs);

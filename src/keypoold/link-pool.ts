@@ -85,6 +85,9 @@ export class LinkPool {
     let hw = this.highWater();
     for (const b of blocks) {
       if (b.blockId <= hw) continue; // already held
+      if (!Number.isSafeInteger(b.bits) || b.bits <= 0 || b.bits % 8 !== 0 || b.material.length * 8 !== b.bits) {
+        throw new KmeError('INTERNAL', `block ${b.blockId} has ${b.material.length} bytes for ${b.bits} bits`);
+      }
       if (b.blockId !== hw + 1) throw new KmeError('INTERNAL', `block ${b.blockId} out of sequence after ${hw}`);
       this.#store.s.blockPut.run({ link, block_id: b.blockId, bits: b.bits, mine: this.isMine(b.blockId) ? 1 : 0, start_bit: 0 });
       this.#store.s.dataPut.run(link, b.blockId, this.#sealer.seal(b.material, blockAad(link, b.blockId, 0)));
@@ -149,14 +152,11 @@ export class LinkPool {
       }
       for (const b of open) {
         if (b.pos === b.row.start_bit) continue;
-        if (b.pos === b.row.bits) {
-          this.#store.eraseBlock(link, b.row.block_id);
-        } else {
-          const tail = b.plain!.subarray((b.pos - b.row.start_bit) / 8);
-          this.#store.s.blockCursor.run(b.pos, link, b.row.block_id);
-          this.#store.s.dataPut.run(link, b.row.block_id, this.#sealer.seal(tail, blockAad(link, b.row.block_id, b.pos)));
-        }
+        this.#keepTail(b.row, b.plain!, b.pos);
       }
+    } catch (e) {
+      for (const c of out) if (!(c instanceof KmeError)) c.material.forEach((m) => m.fill(0));
+      throw e;
     } finally {
       for (const b of open) b.plain?.fill(0);
     }
@@ -174,6 +174,19 @@ export class LinkPool {
     this.#store.s.erasePeerBlocks.run(this.opts.linkId, below);
   }
 
+  /**
+   * Keep only bits [from, bits) of a block whose decrypted material from
+   * row.start_bit is `plain`: reseal the tail, or erase the block when
+   * nothing is left. Carved (or skipped) bits are never kept at rest.
+   */
+  #keepTail(row: BlockMeta, plain: Buffer, from: number): void {
+    if (from === row.start_bit) return;
+    if (from >= row.bits) return this.#store.eraseBlock(row.link, row.block_id);
+    const tail = plain.subarray((from - row.start_bit) / 8);
+    this.#store.s.blockCursor.run(from, row.link, row.block_id);
+    this.#store.s.dataPut.run(row.link, row.block_id, this.#sealer.seal(tail, blockAad(row.link, row.block_id, from)));
+  }
+
   /** Decrypt a block's stored material, sealed when its first bit was `sealedFrom`. */
   #openData(row: BlockMeta, sealedFrom: number): Buffer {
     const d = this.#store.s.dataGet.get(row.link, row.block_id);
@@ -183,7 +196,9 @@ export class LinkPool {
 
   /**
    * Peer side: check a reservation the owner sent and commit it, materialising
-   * each key as its own sealed record. Idempotent on rid. Run in a transaction
+   * each key as its own sealed record and keeping only the unused tail of
+   * each block it touched (the owner carves in order, so all bits below a
+   * block's cursor are used or burnt). Idempotent on rid. Run in a transaction
    * (a savepoint per reservation: a refused one changes nothing).
    */
   accept(r: PeerReservation): { state: PeerRidState; reason?: string } {
@@ -204,20 +219,21 @@ export class LinkPool {
           if (!b) {
             const row = s.blockGet.get(link, blockId);
             if (!row) return { state: 'refused', reason: `block ${blockId} not held` };
-            b = { row, plain: this.#openData(row, 0), cursor: row.start_bit };
+            b = { row, plain: this.#openData(row, row.start_bit), cursor: row.start_bit };
             opened.set(blockId, b);
           }
           if (n <= 0 || n % 8 !== 0 || offset % 8 !== 0 || offset < b.cursor || offset + n > b.row.bits) {
             return { state: 'refused', reason: `slice ${blockId}:${offset}+${n} not free` };
           }
-          parts.push(b.plain.subarray(offset / 8, (offset + n) / 8));
+          const from = (offset - b.row.start_bit) / 8;
+          parts.push(b.plain.subarray(from, from + n / 8));
           b.cursor = offset + n;
           bits += n;
         }
         if (bits !== r.size) return { state: 'refused', reason: `key ${i} has ${bits} bits, not ${r.size}` };
         keys.push(Buffer.concat(parts));
       }
-      for (const b of opened.values()) s.blockCursor.run(b.cursor, link, b.row.block_id);
+      for (const b of opened.values()) this.#keepTail(b.row, b.plain, b.cursor);
       this.#storeKeys(r.rid, r.master, r.slaves, r.key_ids, keys, r.expires_at);
       s.resPut.run({
         rid: r.rid, link, role: 'peer', state: 'committed', master: r.master,

@@ -45,6 +45,13 @@ interface Queued {
   reject: (e: unknown) => void;
 }
 
+/** Most keys carved and sent to the peer in one batch (bounds the message and the peer's commit). */
+const MAX_BATCH_KEYS = 2048;
+/** Most requests waiting for a batch; beyond it the SAE gets 503 at once. */
+const MAX_QUEUE = 4096;
+/** Most rids per recovery or VOID message. */
+const RECOVERY_CHUNK = 500;
+
 export interface LinkSyncDeps {
   pool: LinkPool;
   store: Store;
@@ -54,6 +61,8 @@ export interface LinkSyncDeps {
   clock: Clock;
   logger: Logger;
   ttlMs: number;
+  /** Clock skew tolerated between the two KMEs when checking a peer's expiry time. */
+  skewMs: number;
   myKmeId: string;
 }
 
@@ -95,6 +104,7 @@ export class LinkSync {
 
   request(req: KeyRequest): Promise<IssuedKey[]> {
     if (!this.#peerReachable) return Promise.reject(unavailable(`peer KME ${this.peerKmeId} is unreachable`));
+    if (this.#queue.length >= MAX_QUEUE) return Promise.reject(unavailable('too many requests waiting for key; try again'));
     return new Promise((resolve, reject) => {
       this.#queue.push({ req, resolve, reject });
       this.#pump();
@@ -104,8 +114,10 @@ export class LinkSync {
   #pump(): void {
     if (this.#inFlight || this.#queue.length === 0) return;
     this.#inFlight = true;
-    const batch = this.#queue;
-    this.#queue = [];
+    let keys = 0;
+    let n = 0;
+    while (n < this.#queue.length && (n === 0 || keys + this.#queue[n]!.req.number <= MAX_BATCH_KEYS)) keys += this.#queue[n++]!.req.number;
+    const batch = this.#queue.splice(0, n);
     this.#sendBatch(batch)
       .catch((e) => this.#d.logger.error({ err: (e as Error).message }, 'reservation batch failed'))
       .finally(() => {
@@ -131,7 +143,7 @@ export class LinkSync {
           };
           store.s.resPut.run({
             rid: res.rid, link: pool.linkId, role: 'owner', state: 'pending', master: res.master,
-            slaves: JSON.stringify(res.slaves), key_ids: JSON.stringify(res.key_ids), slices: JSON.stringify(res.slices),
+            slaves: JSON.stringify(res.slaves), key_ids: JSON.stringify(res.key_ids), slices: null,
             size: res.size, expires_at: expiresAt, created_at: now, peer_acked: 1,
           });
           return res;
@@ -208,19 +220,19 @@ export class LinkSync {
       this.#peerDown(e);
       return;
     }
-    const unacked = store.s.resUnacked.all().filter((r) => r.link === this.linkId && r.role === 'owner');
+    const unacked = store.s.resUnacked.all(this.linkId, RECOVERY_CHUNK).map((r) => r.rid);
     if (unacked.length > 0) {
-      const res = (await client.post('void', { rids: unacked.map((r) => r.rid) })) as VoidResponse;
+      const res = (await client.post('void', { rids: unacked })) as VoidResponse;
       await batcher.run(() => res.voided.forEach((rid) => store.s.resAcked.run(rid)));
     }
-    const pending = this.#inFlight ? [] : store.s.resByState.all('pending', 'owner').filter((r) => r.link === this.linkId);
+    // Reservations left pending by a crash between our commit and the peer's answer.
+    const pending = this.#inFlight ? [] : store.s.resPending.all(this.linkId, RECOVERY_CHUNK).map((r) => r.rid);
     if (pending.length > 0) {
-      const q = (await client.post('query', { rids: pending.map((r) => r.rid) })) as QueryResponse;
+      const q = (await client.post('query', { rids: pending })) as QueryResponse;
       await batcher.run(() => {
-        for (const r of pending) {
-          const st = q.states[r.rid];
-          if (st === 'committed') store.s.resSetState.run('committed', 1, r.rid);
-          else store.s.resSetState.run('voided', 0, r.rid);
+        for (const rid of pending) {
+          if (q.states[rid] === 'committed') store.s.resSetState.run('committed', 1, rid);
+          else store.s.resSetState.run('voided', 0, rid);
         }
       });
       this.#d.logger.info({ link: this.linkId, count: pending.length }, 'recovered pending reservations');
@@ -254,6 +266,10 @@ export class LinkSync {
     if (!r || !isCanonicalUuid(r.rid)) return 'bad rid';
     if (!Array.isArray(r.key_ids) || !r.key_ids.every(isCanonicalUuid)) return 'bad key_ids';
     if (!Array.isArray(r.slices) || !Number.isSafeInteger(r.size) || !Number.isSafeInteger(r.expires_at)) return 'bad reservation';
+    const now = this.#d.clock.now();
+    if (r.expires_at < now - this.#d.skewMs || r.expires_at > now + this.#d.ttlMs + this.#d.skewMs) {
+      return 'expiry time out of range: are the two KMEs\' clocks in step?';
+    }
     if (registry.get(r.master)?.kme_id !== this.peerKmeId) return `master ${r.master} is not attached to ${this.peerKmeId}`;
     if (!Array.isArray(r.slaves) || r.slaves.length === 0) return 'no slaves';
     for (const s of r.slaves) if (registry.get(s)?.kme_id !== me) return `slave ${s} is not attached to ${me}`;
@@ -266,10 +282,11 @@ export class LinkSync {
 
   async onVoid(rids: string[]): Promise<VoidResponse> {
     const { store, batcher, clock } = this.#d;
-    const ok = rids.filter(isCanonicalUuid);
+    const ok = rids.filter(isCanonicalUuid).slice(0, RECOVERY_CHUNK);
     await batcher.run(() => {
       for (const rid of ok) {
         const r = store.s.resGet.get(rid);
+        if (r && r.role !== 'peer') continue; // never the peer's to void
         if (r) {
           for (const k of store.s.keysOfRid.all(rid)) store.eraseKey(k.key_id);
           store.s.resSetState.run('voided', 1, rid);
@@ -287,7 +304,7 @@ export class LinkSync {
 
   onQuery(rids: string[]): QueryResponse {
     const states: Record<string, PeerRidState> = {};
-    for (const rid of rids.filter(isCanonicalUuid)) {
+    for (const rid of rids.filter(isCanonicalUuid).slice(0, RECOVERY_CHUNK)) {
       const r = this.#d.store.s.resGet.get(rid);
       states[rid] = r && r.role === 'peer' ? r.state : 'unknown';
     }

@@ -97,6 +97,7 @@ async function start(cfg: NodeConfig, logger: Logger, signal: AbortSignal, clean
   const batcher = new TxBatcher(store.db, logger);
   const clock = systemClock;
   const ttlMs = cfg.key_ttl_seconds * 1000;
+  const graceMs = cfg.expiry_grace_seconds * 1000;
 
   const peerTls = { cert: readFileSync(cfg.peer.tls.cert), key: readFileSync(cfg.peer.tls.key), ca: readFileSync(cfg.peer.tls.ca) };
   const links = new Map<string, { sync: LinkSync; pool: LinkPool }>();
@@ -109,7 +110,7 @@ async function start(cfg: NodeConfig, logger: Logger, signal: AbortSignal, clean
     );
     const client = new PeerClient({ baseUrl: l.peer_url, linkId: l.link_id, peerKmeId: l.peer_kme_id, tls: peerTls, timeoutMs: cfg.peer.timeout_ms });
     cleanups.push(() => client.close());
-    const sync = new LinkSync({ pool, store, batcher, client, registry, clock, logger, ttlMs, myKmeId: cfg.kme_id });
+    const sync = new LinkSync({ pool, store, batcher, client, registry, clock, logger, ttlMs, skewMs: graceMs, myKmeId: cfg.kme_id });
     links.set(l.peer_kme_id, { sync, pool });
     byLinkId.set(l.link_id, sync);
     const seed = Buffer.from(readFileSync(l.qkd.seed_file, 'utf8').trim(), 'hex');
@@ -124,7 +125,7 @@ async function start(cfg: NodeConfig, logger: Logger, signal: AbortSignal, clean
     cleanups.push(() => ingesting);
   }
 
-  const service = new KeyService({ kmeId: cfg.kme_id, limits: cfg.limits, ttlMs, registry, store, sealer, batcher, links, clock, logger });
+  const service = new KeyService({ kmeId: cfg.kme_id, limits: cfg.limits, ttlMs, graceMs, registry, store, sealer, batcher, links, clock, logger });
 
   const peerServer: Server = await startPeerServer({ host: cfg.peer.host, port: cfg.peer.port, tls: peerTls, links: byLinkId, logger });
   cleanups.push(() => new Promise<void>((r) => { peerServer.close(() => r()); peerServer.closeAllConnections(); }));
@@ -142,7 +143,7 @@ async function start(cfg: NodeConfig, logger: Logger, signal: AbortSignal, clean
     await sync.maintain().catch(() => {});
     every(MAINTAIN_MS, () => sync.maintain());
   }
-  every(SWEEP_MS, () => service.sweep(cfg.expiry_grace_seconds * 1000));
+  every(SWEEP_MS, () => service.sweep());
 
   const ipc = await serveNdjson({ path: cfg.keypoold.socket, handler: (op, args) => dispatchPoolOp(service, op, args), logger });
   cleanups.push(() => ipc.close());

@@ -72,7 +72,14 @@ export class FileMasterKeyProvider implements MasterKeyProvider {
       const d = createDecipheriv('aes-256-gcm', this.#key, wrapped.subarray(0, 12));
       d.setAAD(AAD);
       d.setAuthTag(wrapped.subarray(12, 28));
-      return Buffer.concat([d.update(wrapped.subarray(28)), d.final()]);
+      const key = d.update(wrapped.subarray(28));
+      try {
+        d.final();
+      } catch (e) {
+        key.fill(0);
+        throw e;
+      }
+      return key;
     } catch (e) {
       throw new MasterKeyError('cannot unwrap the data key: wrong master key for this store', { cause: e });
     }

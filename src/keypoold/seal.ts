@@ -30,9 +30,14 @@ export class Sealer {
     const d = createDecipheriv('aes-256-gcm', this.#key, sealed.subarray(0, IV));
     d.setAAD(Buffer.from(aad));
     d.setAuthTag(sealed.subarray(IV, IV + TAG));
+    // GCM's final() yields no bytes: return update()'s buffer itself, so no
+    // second copy of the plaintext is left behind for the garbage collector.
+    const plain = d.update(sealed.subarray(IV + TAG));
     try {
-      return Buffer.concat([d.update(sealed.subarray(IV + TAG)), d.final()]);
+      d.final();
+      return plain;
     } catch (e) {
+      plain.fill(0);
       throw new KmeError('INTERNAL', 'sealed record failed authentication', undefined, { cause: e });
     }
   }

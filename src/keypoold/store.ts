@@ -128,8 +128,12 @@ export class Store {
       ),
       resSetState: db.prepare('UPDATE reservations SET state = ?, peer_acked = ? WHERE rid = ?'),
       resAcked: db.prepare('UPDATE reservations SET peer_acked = 1 WHERE rid = ?'),
-      resByState: db.prepare<[string, string], ReservationRow>('SELECT * FROM reservations WHERE state = ? AND role = ?'),
-      resUnacked: db.prepare<[], ReservationRow>("SELECT * FROM reservations WHERE peer_acked = 0 AND state = 'voided' LIMIT 500"),
+      resPending: db.prepare<[string, number], { rid: string }>(
+        "SELECT rid FROM reservations WHERE state = 'pending' AND role = 'owner' AND link = ? LIMIT ?",
+      ),
+      resUnacked: db.prepare<[string, number], { rid: string }>(
+        "SELECT rid FROM reservations WHERE peer_acked = 0 AND state = 'voided' AND role = 'owner' AND link = ? LIMIT ?",
+      ),
       resPrune: db.prepare("DELETE FROM reservations WHERE expires_at < ? AND state != 'pending' AND peer_acked = 1"),
       keyPut: db.prepare('INSERT INTO keys (key_id, rid, master, sealed, expires_at) VALUES (?, ?, ?, ?, ?)'),
       keyGet: db.prepare<[string], KeyRow>('SELECT * FROM keys WHERE key_id = ?'),

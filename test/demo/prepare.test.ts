@@ -100,7 +100,7 @@ describe('prepareDemo, first run', () => {
       driver: 'sim',
       seed_file: at('var/demo/link-KME_A-KME_B.seed'),
       rate_bps: 1_000_000,
-      block_bits: 65536,
+      block_bits: 8192,
     });
     expect(Math.abs(la.qkd.epoch_ms - Date.now())).toBeLessThan(60_000);
 

@@ -50,7 +50,9 @@ describe('two-node demo network', () => {
     await roundTrip('SAE_B1', 'SAE_A1', 2, 1024);
     await roundTrip('SAE_A1', 'SAE_A2', 4, 512);
     const status = await net.sae('SAE_A1').get('/api/v1/keys/SAE_A2/status');
-    expect(status.body).toMatchObject({ source_KME_ID: 'KME_A', target_KME_ID: 'KME_A' });
+    expect(status.body).toMatchObject({ source_KME_ID: 'KME_A', target_KME_ID: 'KME_A', status_extension: { key_source: 'local_csprng' } });
+    const remote = await net.sae('SAE_A1').get('/api/v1/keys/SAE_B1/status');
+    expect(remote.body).toMatchObject({ target_KME_ID: 'KME_B', status_extension: { key_source: 'qkd_link' } });
   });
 
   it('keeps every undelivered key and keeps serving across keypoold restarts on both nodes', async () => {

@@ -37,7 +37,7 @@ beforeEach(async () => {
   store = new Store(openDb(join(dir, 'ks.sqlite')));
   const logger = silentLogger();
   service = new KeyService({
-    kmeId: 'K', limits, ttlMs: 10_000, registry, store, sealer: new Sealer(randomBytes(32)),
+    kmeId: 'K', limits, ttlMs: 10_000, graceMs: 0, registry, store, sealer: new Sealer(randomBytes(32)),
     batcher: new TxBatcher(store.db, logger), links: new Map(), clock, logger,
   });
 });
@@ -96,7 +96,7 @@ describe('KeyService', () => {
     const { keys } = await service.encKeys({ caller: 'M', slave: 'S1', additional: [], number: 2, size: 256 });
     clock.t += 10_001;
     expect(await code(service.decKeys({ caller: 'S1', master: 'M', key_ids: [keys[0]!.key_ID] }))).toMatch(/not found/);
-    expect(await service.sweep(0)).toBe(2);
+    expect(await service.sweep()).toBe(2);
     expect((store.db.prepare('SELECT count(*) n FROM keys').get() as { n: number }).n).toBe(0);
     expect((store.db.prepare('SELECT count(*) n FROM key_slaves').get() as { n: number }).n).toBe(0);
   });

@@ -93,6 +93,9 @@ describe('LinkPool', () => {
       const row = B.store.s.keyGet.get(id)!;
       expect(B.sealer.open(row.sealed, keyAad(id)).equals(c.material[i]!)).toBe(true);
     }
+    // the peer keeps only the unused tail of the block at rest
+    expect(B.store.s.blockGet.get('L', 0)).toMatchObject({ start_bit: 512 });
+    expect(B.sealer.open(B.store.s.dataGet.get('L', 0)!.sealed, 'blk|L|0|512')).toHaveLength((BLOCK_BITS - 512) / 8);
     // same rid again: idempotent
     expect(B.store.db.transaction(() => B.pool.accept(r))()).toEqual({ state: 'committed' });
     // same slices under a new rid: refused
