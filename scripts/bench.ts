@@ -71,7 +71,11 @@ let interrupted = false;
 const logIssues: string[] = [];
 let logIssueCount = 0;
 
+/** BENCH_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") is given to every server process, for profiling. */
+const extraNodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+
 function start(argv: string[], name: string, short: string, server: boolean, onStdout?: (line: string) => void): ManagedProcess {
+  if (server && argv[0] === 'node') argv = ['node', ...extraNodeArgs, ...argv.slice(1)];
   const proc = startProcess(argv, {
     cwd: ROOT,
     name,

@@ -1,6 +1,8 @@
 /**
- * Client side of the local pool API (wire format in ./pool-protocol.ts): one
- * persistent Unix-socket connection to keypoold, many calls in flight on it.
+ * Client side of an NDJSON request/response channel (wire format in
+ * ./pool-protocol.ts): one persistent connection, many calls in flight on it,
+ * answers matched by id. Used over a Unix socket for the local pool API and
+ * over mutual TLS between the keypoolds of a link.
  *
  * Connection policy: the first call connects (and waits for that connect).
  * When the connection drops, every pending call fails with UNAVAILABLE and the
@@ -9,6 +11,7 @@
  * UNAVAILABLE rather than queueing behind a dead daemon.
  */
 import { connect, type Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { KmeError, type KmeErrorCode } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { LineSplitter, writeCoalesced } from './ndjson-lines.js';
@@ -19,6 +22,21 @@ export interface BackoffOptions {
   initialMs?: number;
   /** Cap of the delay; default 5000 ms. */
   maxMs?: number;
+}
+
+export interface NdjsonClientOptions {
+  /** Opens a new connection; the channel is usable once `readyEvent` fires on it. */
+  connect: () => Socket | TLSSocket;
+  readyEvent: 'connect' | 'secureConnect';
+  /** Names the other end in logs. */
+  describe: string;
+  /** The error calls fail with when the other end cannot be reached. */
+  unavailable: () => KmeError;
+  logger: Logger;
+  /** Per-call deadline; default 10000 ms. */
+  timeoutMs?: number;
+  backoff?: BackoffOptions;
+  maxLineBytes?: number;
 }
 
 export interface NdjsonPoolClientOptions {
@@ -37,12 +55,10 @@ interface Pending {
 
 const CODES: ReadonlySet<string> = new Set<KmeErrorCode>(['BAD_REQUEST', 'UNAUTHORIZED', 'UNAVAILABLE', 'INTERNAL']);
 
-const unavailableError = () => new KmeError('UNAVAILABLE', 'key pool daemon unavailable');
-
 type State = 'idle' | 'connecting' | 'connected' | 'backoff' | 'closed';
 
-export class NdjsonPoolClient implements PoolClient {
-  private readonly path: string;
+export class NdjsonClient {
+  private readonly opts: NdjsonClientOptions;
   private readonly logger: Logger;
   private readonly timeoutMs: number;
   private readonly initialDelay: number;
@@ -55,8 +71,8 @@ export class NdjsonPoolClient implements PoolClient {
   private delay: number;
   private timer: NodeJS.Timeout | null = null;
 
-  constructor(opts: NdjsonPoolClientOptions) {
-    this.path = opts.path;
+  constructor(opts: NdjsonClientOptions) {
+    this.opts = opts;
     this.logger = opts.logger;
     this.timeoutMs = opts.timeoutMs ?? 10_000;
     this.initialDelay = opts.backoff?.initialMs ?? 100;
@@ -64,9 +80,18 @@ export class NdjsonPoolClient implements PoolClient {
     this.delay = this.initialDelay;
   }
 
-  call<O extends PoolOp>(op: O, args: PoolOps[O]['args']): Promise<PoolOps[O]['result']> {
+  /** True while a connection is up (or being set up). */
+  get connected(): boolean {
+    return this.state === 'connected';
+  }
+
+  /**
+   * Send one request. With `now`, the line goes to the socket at once rather
+   * than with the others of this tick (for a caller about to block, e.g. on fsync).
+   */
+  request(op: string, args: unknown, now = false): Promise<unknown> {
     if (this.state === 'idle') this.open();
-    if (this.state !== 'connected' && this.state !== 'connecting') return Promise.reject(unavailableError());
+    if (this.state !== 'connected' && this.state !== 'connecting') return Promise.reject(this.opts.unavailable());
     const sock = this.sock!;
     const id = this.nextId++;
     if (this.nextId > Number.MAX_SAFE_INTEGER) this.nextId = 1;
@@ -76,12 +101,13 @@ export class NdjsonPoolClient implements PoolClient {
     } catch (e) {
       return Promise.reject(e as Error);
     }
-    return new Promise<PoolOps[O]['result']>((resolve, reject) => {
+    return new Promise<unknown>((resolve, reject) => {
       const timer = setTimeout(() => {
-        if (this.pending.delete(id)) reject(unavailableError());
+        if (this.pending.delete(id)) reject(this.opts.unavailable());
       }, this.timeoutMs);
-      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });
-      writeCoalesced(sock, line);
+      this.pending.set(id, { resolve, reject, timer });
+      if (now && sock.writableCorked === 0) sock.write(line);
+      else writeCoalesced(sock, line);
     });
   }
 
@@ -102,25 +128,25 @@ export class NdjsonPoolClient implements PoolClient {
 
   private open(): void {
     this.state = 'connecting';
-    const sock = connect(this.path);
+    const sock = this.opts.connect();
     this.sock = sock;
-    const splitter = new LineSplitter(MAX_IPC_LINE_BYTES, {
+    const splitter = new LineSplitter(this.opts.maxLineBytes ?? MAX_IPC_LINE_BYTES, {
       line: (buf) => this.onLine(buf, sock),
       overflow: () => {
-        this.logger.error('ipc response line too long; dropping connection');
+        this.logger.error({ to: this.opts.describe }, 'response line too long; dropping connection');
         sock.destroy();
         return false;
       },
     });
-    sock.on('connect', () => {
+    sock.on(this.opts.readyEvent, () => {
       if (this.sock !== sock) return;
       this.state = 'connected';
       this.delay = this.initialDelay;
-      this.logger.info({ path: this.path }, 'connected to keypoold');
+      this.logger.info({ to: this.opts.describe }, 'connected');
     });
     sock.on('data', (chunk: Buffer) => splitter.push(chunk));
     sock.on('error', (err) => {
-      if (this.sock === sock) this.logger.debug({ err }, 'ipc socket error');
+      if (this.sock === sock) this.logger.debug({ err: err.message, to: this.opts.describe }, 'socket error');
     });
     sock.on('close', () => {
       splitter.stop();
@@ -129,7 +155,7 @@ export class NdjsonPoolClient implements PoolClient {
       const wasConnected = this.state === 'connected';
       this.failPending();
       if (this.state === 'closed') return;
-      if (wasConnected) this.logger.warn({ path: this.path }, 'connection to keypoold lost');
+      if (wasConnected) this.logger.warn({ to: this.opts.describe }, 'connection lost');
       this.scheduleReconnect(wasConnected);
     });
   }
@@ -151,7 +177,7 @@ export class NdjsonPoolClient implements PoolClient {
     try {
       msg = JSON.parse(buf.toString('utf8')) as PoolResponse;
     } catch {
-      this.logger.error('unparsable ipc response; dropping connection');
+      this.logger.error({ to: this.opts.describe }, 'unparsable response; dropping connection');
       sock.destroy();
       return;
     }
@@ -172,8 +198,33 @@ export class NdjsonPoolClient implements PoolClient {
     this.pending.clear();
     for (const p of all) {
       clearTimeout(p.timer);
-      p.reject(unavailableError());
+      p.reject(this.opts.unavailable());
     }
+  }
+}
+
+/** The local pool API client: kme-api (and tools) to keypoold over its Unix socket. */
+export class NdjsonPoolClient implements PoolClient {
+  readonly #c: NdjsonClient;
+
+  constructor(opts: NdjsonPoolClientOptions) {
+    this.#c = new NdjsonClient({
+      connect: () => connect(opts.path),
+      readyEvent: 'connect',
+      describe: `keypoold at ${opts.path}`,
+      unavailable: () => new KmeError('UNAVAILABLE', 'key pool daemon unavailable'),
+      logger: opts.logger,
+      timeoutMs: opts.timeoutMs,
+      backoff: opts.backoff,
+    });
+  }
+
+  call<O extends PoolOp>(op: O, args: PoolOps[O]['args']): Promise<PoolOps[O]['result']> {
+    return this.#c.request(op, args) as Promise<PoolOps[O]['result']>;
+  }
+
+  close(): Promise<void> {
+    return this.#c.close();
   }
 }
 

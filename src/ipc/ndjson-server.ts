@@ -67,7 +67,11 @@ export async function serveNdjson(opts: NdjsonServerOptions): Promise<NdjsonServ
   };
 }
 
-function serveConnection(sock: Socket, handler: NdjsonHandler, logger: Logger, maxLine: number): void {
+/**
+ * Serve NDJSON requests on one connected socket (Unix or TLS). The handler is
+ * called in the order the requests arrive; answers go back as they settle.
+ */
+export function serveConnection(sock: Socket, handler: NdjsonHandler, logger: Logger, maxLine: number): void {
   const send = (payload: object) => {
     if (sock.destroyed || !sock.writable) return;
     let line: string;

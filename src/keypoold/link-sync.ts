@@ -1,12 +1,16 @@
 /**
  * The agreement between the two keypoolds of a link (key-agreement.md).
  *
- * Owner side: SAE requests queue up; one batch at a time per link is carved
- * and written `pending` (one fsync), sent to the peer in one call, and
- * answered only once the peer has committed. Refusal or timeout: the SAE gets
- * 503, the reservation is voided here and a VOID is sent until acknowledged.
- * Batches go out strictly in carve order, so the peer can check each block's
- * slices against a monotonic cursor.
+ * Owner side: SAE requests queue up and go out in batches (a few batches in
+ * flight per link). A batch is carved and written `pending` in one
+ * transaction; its message leaves for the peer from inside that transaction,
+ * so the peer's commit overlaps ours, and the SAEs are answered only once both
+ * commits are durable. Refusal or timeout: the SAE gets 503, the reservation
+ * is voided here and a VOID is sent until acknowledged. Messages travel in
+ * carve order on one ordered connection, so the peer can check each block's
+ * slices against a monotonic cursor. (If this process dies after sending but
+ * before its own commit, it will carve the same slices again after restart;
+ * the peer's cursor refuses them: no bit is ever used twice.)
  *
  * Peer side: reservations are checked (blocks held, owned by the sender,
  * slices beyond the cursor, SAEs registered where they should be), committed
@@ -47,6 +51,8 @@ interface Queued {
 
 /** Most keys carved and sent to the peer in one batch (bounds the message and the peer's commit). */
 const MAX_BATCH_KEYS = 2048;
+/** Batches on their way to the peer at once, per link. */
+const MAX_IN_FLIGHT = 4;
 /** Most requests waiting for a batch; beyond it the SAE gets 503 at once. */
 const MAX_QUEUE = 4096;
 /** Most rids per recovery or VOID message. */
@@ -63,13 +69,15 @@ export interface LinkSyncDeps {
   ttlMs: number;
   /** Clock skew tolerated between the two KMEs when checking a peer's expiry time. */
   skewMs: number;
+  /** How long a peer call may take before the reservation is voided. */
+  peerTimeoutMs: number;
   myKmeId: string;
 }
 
 export class LinkSync {
   readonly #d: LinkSyncDeps;
   #queue: Queued[] = [];
-  #inFlight = false;
+  #inFlight = 0;
   #peerHw = -1;
   #peerReachable = false;
   #lastContact = 0;
@@ -112,25 +120,28 @@ export class LinkSync {
   }
 
   #pump(): void {
-    if (this.#inFlight || this.#queue.length === 0) return;
-    this.#inFlight = true;
-    let keys = 0;
-    let n = 0;
-    while (n < this.#queue.length && (n === 0 || keys + this.#queue[n]!.req.number <= MAX_BATCH_KEYS)) keys += this.#queue[n++]!.req.number;
-    const batch = this.#queue.splice(0, n);
-    this.#sendBatch(batch)
-      .catch((e) => this.#d.logger.error({ err: (e as Error).message }, 'reservation batch failed'))
-      .finally(() => {
-        this.#inFlight = false;
-        this.#pump();
-      });
+    while (this.#inFlight < MAX_IN_FLIGHT && this.#queue.length > 0) {
+      let keys = 0;
+      let n = 0;
+      while (n < this.#queue.length && (n === 0 || keys + this.#queue[n]!.req.number <= MAX_BATCH_KEYS)) keys += this.#queue[n++]!.req.number;
+      const batch = this.#queue.splice(0, n);
+      this.#inFlight++;
+      this.#sendBatch(batch)
+        .catch((e) => this.#d.logger.error({ err: (e as Error).message }, 'reservation batch failed'))
+        .finally(() => {
+          this.#inFlight--;
+          this.#pump();
+        });
+    }
   }
 
   async #sendBatch(batch: Queued[]): Promise<void> {
     const { pool, store, batcher, client, clock } = this.#d;
     const now = clock.now();
     const expiresAt = now + this.#d.ttlMs;
-    let carved: { results: Array<Carved | KmeError>; reservations: Array<PeerReservation | null>; erasable: number };
+    let carved: { results: Array<Carved | KmeError>; reservations: Array<PeerReservation | null> };
+    let sent: Promise<unknown> | undefined;
+    let sentRids: string[] = [];
     try {
       carved = await batcher.run(() => {
         const results = pool.carve(batch.map((q) => q.req), this.#peerHw);
@@ -148,19 +159,30 @@ export class LinkSync {
           });
           return res;
         });
-        return { results, reservations, erasable: pool.erasableBelow() };
+        const toSend = reservations.filter((r): r is PeerReservation => r !== null);
+        if (toSend.length > 0) {
+          const body: ReservationsRequest = { from: this.#d.myKmeId, hw: pool.highWater(), erasable_below: pool.erasableBelow(), reservations: toSend };
+          sentRids = toSend.map((r) => r.rid);
+          sent = client.call('reservations', body as unknown as Record<string, unknown>, true);
+          sent.catch(() => {}); // handled below
+        }
+        return { results, reservations };
       });
     } catch (e) {
       for (const q of batch) q.reject(e);
+      if (sent) {
+        // Our commit failed after the message left: nobody gets these keys; ask the peer to drop them
+        // (best effort: nothing here is durable, and unfetched keys expire at the peer anyway).
+        this.#d.logger.error({ link: this.linkId }, 'reservation commit failed after sending; voiding at the peer');
+        client.call('void', { rids: sentRids }).catch(() => {});
+      }
       return;
     }
-    const toSend = carved.reservations.filter((r): r is PeerReservation => r !== null);
     const zero = () => carved.results.forEach((r) => r instanceof KmeError || r.material.forEach((m) => m.fill(0)));
     let states = new Map<string, PeerRidState>();
-    if (toSend.length > 0) {
+    if (sent) {
       try {
-        const body: ReservationsRequest = { from: this.#d.myKmeId, hw: pool.highWater(), erasable_below: carved.erasable, reservations: toSend };
-        const res = (await client.post('reservations', body)) as ReservationsResponse;
+        const res = (await sent) as ReservationsResponse;
         this.#sawPeer(res.hw);
         states = new Map(res.results.map((r) => [r.rid, r.state]));
       } catch (e) {
@@ -214,7 +236,7 @@ export class LinkSync {
   async maintain(): Promise<void> {
     const { client, store, batcher } = this.#d;
     try {
-      const hello = (await client.get('hello')) as HelloResponse;
+      const hello = (await client.call('hello', {})) as HelloResponse;
       this.#sawPeer(hello.hw);
     } catch (e) {
       this.#peerDown(e);
@@ -222,13 +244,15 @@ export class LinkSync {
     }
     const unacked = store.s.resUnacked.all(this.linkId, RECOVERY_CHUNK).map((r) => r.rid);
     if (unacked.length > 0) {
-      const res = (await client.post('void', { rids: unacked })) as VoidResponse;
+      const res = (await client.call('void', { rids: unacked })) as VoidResponse;
       await batcher.run(() => res.voided.forEach((rid) => store.s.resAcked.run(rid)));
     }
     // Reservations left pending by a crash between our commit and the peer's answer.
-    const pending = this.#inFlight ? [] : store.s.resPending.all(this.linkId, RECOVERY_CHUNK).map((r) => r.rid);
+    // (Those younger than two peer timeouts may still be on their way.)
+    const settledBefore = this.#d.clock.now() - 2 * this.#d.peerTimeoutMs;
+    const pending = store.s.resPending.all(this.linkId, settledBefore, RECOVERY_CHUNK).map((r) => r.rid);
     if (pending.length > 0) {
-      const q = (await client.post('query', { rids: pending })) as QueryResponse;
+      const q = (await client.call('query', { rids: pending })) as QueryResponse;
       await batcher.run(() => {
         for (const rid of pending) {
           if (q.states[rid] === 'committed') store.s.resSetState.run('committed', 1, rid);

@@ -7,7 +7,6 @@
  */
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Server } from 'node:https';
 import { ConfigError, configPathFromArgv, loadConfig, type NodeConfig } from '../common/config.js';
 import { createLogger, type Logger } from '../common/logger.js';
 import { systemClock } from '../../drivers/types.js';
@@ -108,9 +107,9 @@ async function start(cfg: NodeConfig, logger: Logger, signal: AbortSignal, clean
       store,
       sealer,
     );
-    const client = new PeerClient({ baseUrl: l.peer_url, linkId: l.link_id, peerKmeId: l.peer_kme_id, tls: peerTls, timeoutMs: cfg.peer.timeout_ms });
+    const client = new PeerClient({ baseUrl: l.peer_url, linkId: l.link_id, peerKmeId: l.peer_kme_id, tls: peerTls, timeoutMs: cfg.peer.timeout_ms, logger });
     cleanups.push(() => client.close());
-    const sync = new LinkSync({ pool, store, batcher, client, registry, clock, logger, ttlMs, skewMs: graceMs, myKmeId: cfg.kme_id });
+    const sync = new LinkSync({ pool, store, batcher, client, registry, clock, logger, ttlMs, skewMs: graceMs, peerTimeoutMs: cfg.peer.timeout_ms, myKmeId: cfg.kme_id });
     links.set(l.peer_kme_id, { sync, pool });
     byLinkId.set(l.link_id, sync);
     const seed = Buffer.from(readFileSync(l.qkd.seed_file, 'utf8').trim(), 'hex');
@@ -127,8 +126,8 @@ async function start(cfg: NodeConfig, logger: Logger, signal: AbortSignal, clean
 
   const service = new KeyService({ kmeId: cfg.kme_id, limits: cfg.limits, ttlMs, graceMs, registry, store, sealer, batcher, links, clock, logger });
 
-  const peerServer: Server = await startPeerServer({ host: cfg.peer.host, port: cfg.peer.port, tls: peerTls, links: byLinkId, logger });
-  cleanups.push(() => new Promise<void>((r) => { peerServer.close(() => r()); peerServer.closeAllConnections(); }));
+  const peerServer = await startPeerServer({ host: cfg.peer.host, port: cfg.peer.port, tls: peerTls, links: byLinkId, logger });
+  cleanups.push(() => peerServer.close());
 
   const every = (ms: number, fn: () => Promise<unknown>) => {
     let running = false;

@@ -1,94 +1,65 @@
 /**
- * HTTPS client to the peer keypoold of one link, authenticated with this
- * KME's certificate; the peer's certificate must chain to the configured CA
- * and name the expected peer KME ID (subject CN).
+ * Client of the KME-to-KME channel of one link: one persistent mutual-TLS
+ * connection to the peer keypoold carrying NDJSON requests in order (see
+ * peer-protocol.ts). This KME authenticates with its KME certificate; the
+ * peer's must chain to the configured CA and name the expected peer KME ID.
  */
-import { Agent, request } from 'node:https';
-import type { PeerCertificate } from 'node:tls';
-import { checkServerIdentity } from 'node:tls';
+import { connect, checkServerIdentity, type PeerCertificate } from 'node:tls';
 import { KmeError } from '../common/errors.js';
+import type { Logger } from '../common/logger.js';
+import { NdjsonClient } from '../ipc/ndjson-client.js';
+import { MAX_PEER_LINE_BYTES, type PeerOp } from './peer-protocol.js';
 
 export interface PeerClientOptions {
+  /** `kme://host:port` or `https://host:port` of the peer's KME-to-KME listener. */
   baseUrl: string;
   linkId: string;
   peerKmeId: string;
   tls: { cert: Buffer; key: Buffer; ca: Buffer };
   timeoutMs: number;
+  logger: Logger;
 }
 
 export class PeerClient {
-  readonly #agent: Agent;
-  readonly #url: URL;
-  readonly #opts: PeerClientOptions;
+  readonly #c: NdjsonClient;
+  readonly #linkId: string;
 
   constructor(opts: PeerClientOptions) {
-    this.#opts = opts;
-    this.#url = new URL(opts.baseUrl);
-    this.#agent = new Agent({
-      keepAlive: true,
-      maxSockets: 4,
-      cert: opts.tls.cert,
-      key: opts.tls.key,
-      ca: opts.tls.ca,
-      minVersion: 'TLSv1.2',
-      checkServerIdentity: (host: string, cert: PeerCertificate) => {
-        const cn = cert.subject?.CN;
-        if (cn !== opts.peerKmeId) return new Error(`peer certificate names ${String(cn)}, expected ${opts.peerKmeId}`);
-        return checkServerIdentity(host, cert);
-      },
+    const url = new URL(opts.baseUrl);
+    this.#linkId = opts.linkId;
+    const unavailable = () => new KmeError('UNAVAILABLE', `peer KME ${opts.peerKmeId} unreachable`);
+    this.#c = new NdjsonClient({
+      connect: () =>
+        connect({
+          host: url.hostname,
+          port: Number(url.port),
+          servername: url.hostname === '127.0.0.1' || url.hostname.includes(':') ? undefined : url.hostname,
+          cert: opts.tls.cert,
+          key: opts.tls.key,
+          ca: opts.tls.ca,
+          minVersion: 'TLSv1.2',
+          checkServerIdentity: (host: string, cert: PeerCertificate) => {
+            const cn = cert.subject?.CN;
+            if (cn !== opts.peerKmeId) return new Error(`peer certificate names ${String(cn)}, expected ${opts.peerKmeId}`);
+            return checkServerIdentity(host, cert);
+          },
+        }).setNoDelay(true),
+      readyEvent: 'secureConnect',
+      describe: `peer ${opts.peerKmeId} at ${url.host}`,
+      unavailable,
+      logger: opts.logger,
+      timeoutMs: opts.timeoutMs,
+      backoff: { initialMs: 200, maxMs: 5000 },
+      maxLineBytes: MAX_PEER_LINE_BYTES,
     });
   }
 
-  get(path: string): Promise<unknown> {
-    return this.#send('GET', path, undefined);
+  /** One request on the link's channel; requests reach the peer in the order they are made. */
+  call(op: PeerOp, args: Record<string, unknown>, now = false): Promise<unknown> {
+    return this.#c.request(op, { link: this.#linkId, ...args }, now);
   }
 
-  post(path: string, body: unknown): Promise<unknown> {
-    return this.#send('POST', path, JSON.stringify(body));
-  }
-
-  #send(method: string, path: string, body: string | undefined): Promise<unknown> {
-    const full = `/peer/v1/links/${encodeURIComponent(this.#opts.linkId)}/${path}`;
-    return new Promise((resolve, reject) => {
-      const fail = (why: string, cause?: unknown) =>
-        reject(new KmeError('UNAVAILABLE', `peer KME ${this.#opts.peerKmeId} unreachable: ${why}`, undefined, { cause }));
-      const req = request(
-        {
-          agent: this.#agent,
-          protocol: this.#url.protocol,
-          hostname: this.#url.hostname,
-          port: this.#url.port,
-          method,
-          path: full,
-          timeout: this.#opts.timeoutMs,
-          headers: body === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
-        },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('error', (e) => fail('response aborted', e));
-          res.on('end', () => {
-            const text = Buffer.concat(chunks).toString('utf8');
-            if (res.statusCode !== 200) return fail(`HTTP ${res.statusCode}: ${text.slice(0, 200)}`);
-            try {
-              resolve(JSON.parse(text));
-            } catch (e) {
-              fail('malformed response', e);
-            }
-          });
-        },
-      );
-      const timer = setTimeout(() => {
-        req.destroy(new Error('timeout'));
-      }, this.#opts.timeoutMs);
-      req.on('close', () => clearTimeout(timer));
-      req.on('timeout', () => req.destroy(new Error('timeout')));
-      req.on('error', (e) => fail(e.message, e));
-      req.end(body);
-    });
-  }
-
-  close(): void {
-    this.#agent.destroy();
+  close(): Promise<void> {
+    return this.#c.close();
   }
 }

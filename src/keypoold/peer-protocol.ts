@@ -1,12 +1,17 @@
 /**
- * The KME-to-KME protocol between the two keypoolds of a link, over HTTPS
- * with KME certificates on its own port. JSON bodies; no key material ever
- * crosses it (both ends hold the same blocks; only slices are named).
+ * The KME-to-KME protocol between the two keypoolds of a link: newline-
+ * delimited JSON over one persistent mutual-TLS connection per link, on its
+ * own port, with KME certificates. Same framing as the local pool API
+ * ({"id","op","args"} -> {"id","ok","result"|"error"}); every request's args
+ * carry `link`. Requests are handled in the order they arrive, which is the
+ * order the owner carved them in: the peer's per-block cursor relies on it.
+ * No key material ever crosses it (both ends hold the same blocks; only
+ * slices are named).
  *
- *   GET  /peer/v1/links/{link}/hello          -> HelloResponse
- *   POST /peer/v1/links/{link}/reservations   ReservationsRequest -> ReservationsResponse
- *   POST /peer/v1/links/{link}/void           VoidRequest -> VoidResponse
- *   POST /peer/v1/links/{link}/query          QueryRequest -> QueryResponse
+ *   hello         {link}                        -> HelloResponse
+ *   reservations  {link, ...ReservationsRequest} -> ReservationsResponse
+ *   void          {link, rids}                  -> VoidResponse
+ *   query         {link, rids}                  -> QueryResponse
  */
 import type { Slice } from './store.js';
 
@@ -57,4 +62,6 @@ export interface QueryResponse {
   states: Record<string, PeerRidState>;
 }
 
-export const MAX_PEER_BODY_BYTES = 8 * 1024 * 1024;
+export type PeerOp = 'hello' | 'reservations' | 'void' | 'query';
+
+export const MAX_PEER_LINE_BYTES = 8 * 1024 * 1024;

@@ -82,6 +82,10 @@ export function openDb(path: string): Db {
   db.pragma('synchronous = FULL');
   db.pragma('secure_delete = ON');
   db.pragma('busy_timeout = 5000');
+  // Statement journals (one per savepoint) and the page cache stay in memory:
+  // no temporary files with store pages in them, no page-read syscalls.
+  db.pragma('temp_store = MEMORY');
+  db.pragma('cache_size = -65536');
   db.exec(SCHEMA);
   return db;
 }
@@ -128,8 +132,8 @@ export class Store {
       ),
       resSetState: db.prepare('UPDATE reservations SET state = ?, peer_acked = ? WHERE rid = ?'),
       resAcked: db.prepare('UPDATE reservations SET peer_acked = 1 WHERE rid = ?'),
-      resPending: db.prepare<[string, number], { rid: string }>(
-        "SELECT rid FROM reservations WHERE state = 'pending' AND role = 'owner' AND link = ? LIMIT ?",
+      resPending: db.prepare<[string, number, number], { rid: string }>(
+        "SELECT rid FROM reservations WHERE state = 'pending' AND role = 'owner' AND link = ? AND created_at < ? LIMIT ?",
       ),
       resUnacked: db.prepare<[string, number], { rid: string }>(
         "SELECT rid FROM reservations WHERE peer_acked = 0 AND state = 'voided' AND role = 'owner' AND link = ? LIMIT ?",

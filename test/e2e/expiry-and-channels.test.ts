@@ -5,6 +5,7 @@
  */
 import Database from 'better-sqlite3';
 import { readFileSync } from 'node:fs';
+import { connect as tlsConnect } from 'node:tls';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { issueCert } from '../../src/pki/x509.js';
@@ -57,34 +58,64 @@ describe('key expiry', () => {
   });
 });
 
+/** One NDJSON request on a fresh TLS connection to a KME-to-KME listener; the first line that comes back. */
+function peerCall(url: string, tlsFiles: { cert?: Buffer; key?: Buffer; ca: Buffer }, op: string, args: object): Promise<any> {
+  const u = new URL(url);
+  return new Promise((resolve, reject) => {
+    const sock = tlsConnect({ host: u.hostname, port: Number(u.port), ...tlsFiles, checkServerIdentity: () => undefined }, () => {
+      sock.write(JSON.stringify({ id: 1, op, args }) + '\n');
+    });
+    let buf = '';
+    sock.on('data', (d) => {
+      buf += d.toString();
+      const nl = buf.indexOf('\n');
+      if (nl >= 0) {
+        sock.destroy();
+        resolve(JSON.parse(buf.slice(0, nl)));
+      }
+    });
+    sock.on('error', reject);
+    sock.on('close', () => reject(new Error('closed without an answer')));
+  });
+}
+
 describe('KME-to-KME channel', () => {
   const ca = () => readFileSync(net.path(net.demo.ca_cert));
   const files = (cert: string, key: string) => ({ cert: readFileSync(net.path(cert)), key: readFileSync(net.path(key)), ca: ca() });
-  const helloUrl = (kmeId: string) => `${net.node(kmeId).peer_url}/peer/v1/links/KME_A-KME_B/hello`;
+  const urlOf = (kmeId: string) => net.node(kmeId).peer_url;
 
   it('answers the peer KME certificate', async () => {
     const b = net.node('KME_B');
-    const r = await httpsCall(helloUrl('KME_A'), 'GET', files(b.kme_cert, b.kme_key));
-    expect(r.status).toBe(200);
-    expect(r.body).toMatchObject({ kme_id: 'KME_A', link: 'KME_A-KME_B' });
+    const r = await peerCall(urlOf('KME_A'), files(b.kme_cert, b.kme_key), 'hello', { link: 'KME_A-KME_B' });
+    expect(r).toMatchObject({ id: 1, ok: true, result: { kme_id: 'KME_A', link: 'KME_A-KME_B' } });
   });
 
   it('refuses an SAE certificate and its own KME certificate', async () => {
     const sae = net.node('KME_B').saes[0]!;
-    const r = await httpsCall(helloUrl('KME_A'), 'GET', files(sae.cert, sae.key));
-    expect(r.status).toBe(403);
+    const r = await peerCall(urlOf('KME_A'), files(sae.cert, sae.key), 'hello', { link: 'KME_A-KME_B' });
+    expect(r).toMatchObject({ ok: false, error: { code: 'UNAUTHORIZED' } });
     const a = net.node('KME_A');
-    const self = await httpsCall(helloUrl('KME_A'), 'GET', files(a.kme_cert, a.kme_key));
-    expect(self.status).toBe(403);
+    const self = await peerCall(urlOf('KME_A'), files(a.kme_cert, a.kme_key), 'hello', { link: 'KME_A-KME_B' });
+    expect(self).toMatchObject({ ok: false, error: { code: 'UNAUTHORIZED' } });
   });
 
   it('refuses a client without a certificate at the handshake', async () => {
-    await expect(httpsCall(helloUrl('KME_A'), 'GET', { ca: ca() })).rejects.toThrow();
+    await expect(peerCall(urlOf('KME_A'), { ca: ca() }, 'hello', { link: 'KME_A-KME_B' })).rejects.toThrow();
+  });
+
+  it('answers garbage and unknown links with an error, and keeps serving', async () => {
+    const b = net.node('KME_B');
+    const bad = await peerCall(urlOf('KME_A'), files(b.kme_cert, b.kme_key), 'reservations', { link: 'nope' });
+    expect(bad).toMatchObject({ ok: false, error: { code: 'BAD_REQUEST' } });
+    const junk = await peerCall(urlOf('KME_A'), files(b.kme_cert, b.kme_key), 'reservations', { link: 'KME_A-KME_B', reservations: [{ rid: 1 }, null] });
+    expect(junk.ok).toBe(false);
+    const ok = await peerCall(urlOf('KME_A'), files(b.kme_cert, b.kme_key), 'hello', { link: 'KME_A-KME_B' });
+    expect(ok.ok).toBe(true);
   });
 
   it('the SAE port answers a KME certificate with 401', async () => {
     const b = net.node('KME_B');
-    const r = await httpsCall(`${net.node('KME_A').etsi_url}/api/v1/keys/SAE_B2/status`, 'GET', files(b.kme_cert, b.kme_key));
+    const r = await httpsCall(`${net.node('KME_A').etsi_url}/api/v1/keys/SAE_B1/status`, 'GET', files(b.kme_cert, b.kme_key));
     expect(r.status).toBe(401);
     expect(typeof r.body.message).toBe('string');
   });

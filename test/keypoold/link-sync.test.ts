@@ -6,7 +6,6 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import type { Server } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -19,7 +18,7 @@ import { LinkPool } from '../../src/keypoold/link-pool.js';
 import { LinkSync } from '../../src/keypoold/link-sync.js';
 import { PeerClient } from '../../src/keypoold/peer-client.js';
 import type { PeerReservation } from '../../src/keypoold/peer-protocol.js';
-import { startPeerServer } from '../../src/keypoold/peer-server.js';
+import { startPeerServer, type PeerServer } from '../../src/keypoold/peer-server.js';
 import { Registry } from '../../src/keypoold/registry.js';
 import { Sealer } from '../../src/keypoold/seal.js';
 import { openDb, Store } from '../../src/keypoold/store.js';
@@ -35,7 +34,7 @@ interface Node {
   sealer: Sealer;
   pool: LinkPool;
   sync: LinkSync;
-  server: Server;
+  server: PeerServer;
   links: Map<string, LinkSync>;
   tls: { cert: Buffer; key: Buffer; ca: Buffer };
 }
@@ -56,11 +55,10 @@ async function makeNode(id: string, peer: string, ca: { cert: string; key: strin
 }
 
 function connect(me: Awaited<ReturnType<typeof makeNode>>, other: Awaited<ReturnType<typeof makeNode>>, timeoutMs = 1000): Node {
-  const port = (other.server.address() as { port: number }).port;
-  const client = new PeerClient({ baseUrl: `https://127.0.0.1:${port}`, linkId: LINK, peerKmeId: other.id, tls: me.tls, timeoutMs });
+  const client = new PeerClient({ baseUrl: `https://127.0.0.1:${other.server.port}`, linkId: LINK, peerKmeId: other.id, tls: me.tls, timeoutMs, logger });
   const sync = new LinkSync({
     pool: me.pool, store: me.store, batcher: new TxBatcher(me.store.db, logger), client, registry: me.registry,
-    clock: systemClock, logger, ttlMs: 60_000, skewMs: 5000, myKmeId: me.id,
+    clock: systemClock, logger, ttlMs: 60_000, skewMs: 5000, peerTimeoutMs: timeoutMs, myKmeId: me.id,
   });
   me.links.set(LINK, sync);
   return { ...me, sync };
@@ -86,8 +84,7 @@ beforeEach(async () => {
 
 afterEach(async () => {
   for (const n of [A, B]) {
-    n.server.closeAllConnections();
-    await new Promise((r) => n.server.close(r));
+    await n.server.close();
     n.store.close();
   }
   rmSync(dir, { recursive: true, force: true });
@@ -106,7 +103,7 @@ function carvePending(n: Node): { res: PeerReservation; material: Buffer[] } {
     };
     n.store.s.resPut.run({
       rid: res.rid, link: LINK, role: 'owner', state: 'pending', master: res.master, slaves: '["SAE_B1"]',
-      key_ids: JSON.stringify(res.key_ids), slices: null, size: 256, expires_at: res.expires_at, created_at: Date.now(), peer_acked: 1,
+      key_ids: JSON.stringify(res.key_ids), slices: null, size: 256, expires_at: res.expires_at, created_at: Date.now() - 10_000, peer_acked: 1,
     });
     return { res, material: c.material };
   })();
@@ -129,9 +126,8 @@ describe('LinkSync over the KME-to-KME channel', () => {
   });
 
   it('fails closed when the peer is down, burns the slices, and delivers the VOID later', async () => {
-    const port = (B.server.address() as { port: number }).port;
-    B.server.closeAllConnections();
-    await new Promise((r) => B.server.close(r));
+    const port = B.server.port;
+    await B.server.close();
     // A still believes the peer is up: the call itself fails
     await expect(A.sync.request(req)).rejects.toMatchObject({ code: 'UNAVAILABLE' });
     const voided = A.store.db.prepare("SELECT * FROM reservations WHERE role = 'owner'").all() as Array<{ rid: string; state: string; peer_acked: number }>;
@@ -143,7 +139,11 @@ describe('LinkSync over the KME-to-KME channel', () => {
     await expect(A.sync.request(req)).rejects.toMatchObject({ code: 'UNAVAILABLE' });
     expect(A.pool.ownedAvailableBits(7)).toBe(before); // refused at once, nothing carved
     B.server = await startPeerServer({ host: '127.0.0.1', port, tls: B.tls, links: B.links, logger });
-    await A.sync.maintain();
+    // the channel reconnects by itself, with backoff
+    for (let i = 0; i < 50 && !A.sync.peerReachable; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      await A.sync.maintain();
+    }
     expect(A.sync.peerReachable).toBe(true);
     expect(state(A, voided[0]!.rid)).toMatchObject({ state: 'voided', peer_acked: 1 });
     expect(state(B, voided[0]!.rid)).toMatchObject({ role: 'peer', state: 'voided' });
