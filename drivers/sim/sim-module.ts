@@ -32,7 +32,7 @@ export class SimQkdModule implements QkdModuleDriver {
   constructor(opts: SimModuleOptions) {
     if (opts.seed.length !== 32) throw new Error('simulated link seed must be 32 bytes');
     if (opts.blockBits % 8 !== 0) throw new Error('block_bits must be a multiple of 8');
-    this.#opts = { maxBatch: 256, batchIntervalMs: 100, ...opts, seed: Buffer.from(opts.seed) };
+    this.#opts = { maxBatch: 64, batchIntervalMs: 100, ...opts, seed: Buffer.from(opts.seed) };
     this.#periodMs = (opts.blockBits / opts.rateBps) * 1000;
   }
 

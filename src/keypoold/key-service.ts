@@ -35,6 +35,9 @@ export interface KeyServiceDeps {
 
 type Route = { kind: 'local' } | { kind: 'link'; sync: LinkSync };
 
+/** Reservations looked at per step of a sweep. */
+const SWEEP_CHUNK = 1000;
+
 export class KeyService {
   readonly #d: KeyServiceDeps;
 
@@ -123,7 +126,7 @@ export class KeyService {
         storeKeyRecords(store, sealer, rid, master, slaves, ids, keys.map((k) => k.material), now + this.#d.ttlMs);
         store.s.resPut.run({
           rid, link: null, role: 'local', state: 'committed', master, slaves: JSON.stringify(slaves),
-          key_ids: JSON.stringify(ids), slices: null, size, expires_at: now + this.#d.ttlMs, created_at: now, peer_acked: 1,
+          key_ids: JSON.stringify(ids), size, expires_at: now + this.#d.ttlMs, created_at: now, peer_acked: 1,
         });
       });
     } catch (e) {
@@ -144,22 +147,24 @@ export class KeyService {
       const rows = a.key_ids.map((id) => {
         const row = store.s.keyGet.get(id);
         if (!row || row.master !== a.master || row.expires_at <= now) throw badRequest(EtsiMessage.keysNotFound);
-        const slave = store.s.slaveGet.get(id, a.caller);
-        if (!slave) throw unauthorized(`SAE ${a.caller} is not a slave of key ${id}`);
-        if (slave.fetched) throw badRequest(EtsiMessage.keysNotFound);
-        return row;
+        const slaves = JSON.parse(row.slaves) as string[];
+        if (!slaves.includes(a.caller)) throw unauthorized(`SAE ${a.caller} is not a slave of key ${id}`);
+        const fetched = JSON.parse(row.fetched) as string[];
+        if (fetched.includes(a.caller)) throw badRequest(EtsiMessage.keysNotFound);
+        fetched.push(a.caller);
+        return { row, fetched, last: fetched.length >= slaves.length };
       });
       const out: IssuedKey[] = [];
       try {
-        for (const row of rows) out.push({ keyId: row.key_id, material: sealer.open(row.sealed, keyAad(row.key_id)) });
+        for (const { row } of rows) out.push({ keyId: row.key_id, material: sealer.open(row.sealed, keyAad(row.key_id)) });
       } catch (e) {
         out.forEach((k) => k.material.fill(0));
         throw e;
       }
       try {
-        for (const row of rows) {
-          store.s.slaveFetched.run(row.key_id, a.caller);
-          if (store.s.slavesLeft.get(row.key_id)!.n === 0) store.eraseKey(row.key_id);
+        for (const { row, fetched, last } of rows) {
+          if (last) store.eraseKey(row.key_id);
+          else store.s.keyFetched.run(JSON.stringify(fetched), row.key_id);
         }
       } catch (e) {
         out.forEach((k) => k.material.fill(0));
@@ -170,15 +175,32 @@ export class KeyService {
     return { keys: encode(issued) };
   }
 
-  /** Erase expired keys and forget old reservations. */
+  /**
+   * Erase the keys of expired reservations and forget the reservations,
+   * oldest first (expiry follows insertion order). A reservation still
+   * pending, or whose VOID the peer has not acknowledged, is kept.
+   */
   async sweep(): Promise<number> {
     const { store, batcher, clock, graceMs } = this.#d;
     return batcher.run(() => {
-      const now = clock.now();
-      const expired = store.s.expiredKeys.all(now - graceMs);
-      for (const k of expired) store.eraseKey(k.key_id);
-      store.s.resPrune.run(now - graceMs - this.#d.ttlMs);
-      return expired.length;
+      const limit = clock.now() - graceMs;
+      let erased = 0;
+      let after = 0;
+      for (let chunk = 0; chunk < 20; chunk++) {
+        const rows = store.s.resOldest.all(after, SWEEP_CHUNK);
+        let expired = 0;
+        for (const r of rows) {
+          after = r.seq;
+          if (r.expires_at >= limit) continue;
+          expired++;
+          if (r.state === 'pending' || r.peer_acked === 0) continue;
+          store.eraseKeysOf(r);
+          store.s.resDelete.run(r.seq);
+          erased++;
+        }
+        if (rows.length < SWEEP_CHUNK || expired < rows.length) break;
+      }
+      return erased;
     });
   }
 

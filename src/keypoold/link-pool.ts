@@ -195,55 +195,79 @@ export class LinkPool {
   }
 
   /**
-   * Peer side: check a reservation the owner sent and commit it, materialising
-   * each key as its own sealed record and keeping only the unused tail of
-   * each block it touched (the owner carves in order, so all bits below a
-   * block's cursor are used or burnt). Idempotent on rid. Run in a transaction
-   * (a savepoint per reservation: a refused one changes nothing).
+   * Peer side: check the reservations of one message from the owner, in order,
+   * and commit each that passes, materialising its keys as sealed records.
+   * `precheck` vets what this pool cannot (shape, SAEs); a reservation is then
+   * refused unless every slice lies in a block held here, owned by the sender,
+   * at or beyond that block's cursor (the owner carves in order, so all bits
+   * below a cursor are used or burnt). Each block touched is opened once and
+   * afterwards keeps only its unused tail at rest. Idempotent on rid. Run in a
+   * transaction; a refused reservation changes nothing.
    */
-  accept(r: PeerReservation): { state: PeerRidState; reason?: string } {
+  acceptAll(rs: PeerReservation[], precheck: (r: PeerReservation) => string | undefined): Array<{ rid: string; state: PeerRidState; reason?: string }> {
     const s = this.#store.s;
-    const known = s.resGet.get(r.rid);
-    if (known) return { state: known.role === 'peer' ? known.state : 'refused', reason: known.role === 'peer' ? undefined : 'rid in use' };
     const link = this.opts.linkId;
     const opened = new Map<number, { row: BlockMeta; plain: Buffer; cursor: number }>();
-    const keys: Buffer[] = [];
-    try {
-      if (r.key_ids.length !== r.slices.length) return { state: 'refused', reason: 'key_ids and slices differ in length' };
-      for (const [i, slices] of r.slices.entries()) {
-        const parts: Buffer[] = [];
-        let bits = 0;
-        for (const [blockId, offset, n] of slices) {
-          if (this.isMine(blockId)) return { state: 'refused', reason: `block ${blockId} is not the sender's` };
-          let b = opened.get(blockId);
-          if (!b) {
-            const row = s.blockGet.get(link, blockId);
-            if (!row) return { state: 'refused', reason: `block ${blockId} not held` };
-            b = { row, plain: this.#openData(row, row.start_bit), cursor: row.start_bit };
-            opened.set(blockId, b);
-          }
-          if (n <= 0 || n % 8 !== 0 || offset % 8 !== 0 || offset < b.cursor || offset + n > b.row.bits) {
-            return { state: 'refused', reason: `slice ${blockId}:${offset}+${n} not free` };
-          }
-          const from = (offset - b.row.start_bit) / 8;
-          parts.push(b.plain.subarray(from, from + n / 8));
-          b.cursor = offset + n;
-          bits += n;
-        }
-        if (bits !== r.size) return { state: 'refused', reason: `key ${i} has ${bits} bits, not ${r.size}` };
-        keys.push(Buffer.concat(parts));
+    const open = (blockId: number) => {
+      let b = opened.get(blockId);
+      if (!b) {
+        const row = s.blockGet.get(link, blockId);
+        if (!row) return undefined;
+        b = { row, plain: this.#openData(row, row.start_bit), cursor: row.start_bit };
+        opened.set(blockId, b);
       }
-      for (const b of opened.values()) this.#keepTail(b.row, b.plain, b.cursor);
-      this.#storeKeys(r.rid, r.master, r.slaves, r.key_ids, keys, r.expires_at);
-      s.resPut.run({
-        rid: r.rid, link, role: 'peer', state: 'committed', master: r.master,
-        slaves: JSON.stringify(r.slaves), key_ids: JSON.stringify(r.key_ids), slices: null,
-        size: r.size, expires_at: r.expires_at, created_at: Date.now(), peer_acked: 1,
-      });
-      return { state: 'committed' };
+      return b;
+    };
+    const one = (r: PeerReservation): { state: PeerRidState; reason?: string } => {
+      const bad = precheck(r);
+      if (bad) return { state: 'refused', reason: bad };
+      const known = s.resGet.get(r.rid);
+      if (known) return known.role === 'peer' ? { state: known.state } : { state: 'refused', reason: 'rid in use' };
+      if (r.key_ids.length !== r.slices.length) return { state: 'refused', reason: 'key_ids and slices differ in length' };
+      const cursors = new Map<number, number>();
+      const keys: Buffer[] = [];
+      try {
+        for (const [i, slices] of r.slices.entries()) {
+          const parts: Buffer[] = [];
+          let bits = 0;
+          for (const [blockId, offset, n] of slices) {
+            if (this.isMine(blockId)) return { state: 'refused', reason: `block ${blockId} is not the sender's` };
+            const b = open(blockId);
+            if (!b) return { state: 'refused', reason: `block ${blockId} not held` };
+            const cursor = cursors.get(blockId) ?? b.cursor;
+            if (n <= 0 || n % 8 !== 0 || offset % 8 !== 0 || offset < cursor || offset + n > b.row.bits) {
+              return { state: 'refused', reason: `slice ${blockId}:${offset}+${n} not free` };
+            }
+            const from = (offset - b.row.start_bit) / 8;
+            parts.push(b.plain.subarray(from, from + n / 8));
+            cursors.set(blockId, offset + n);
+            bits += n;
+          }
+          if (bits !== r.size) return { state: 'refused', reason: `key ${i} has ${bits} bits, not ${r.size}` };
+          keys.push(Buffer.concat(parts));
+        }
+        this.#store.db.transaction(() => {
+          this.#storeKeys(r.rid, r.master, r.slaves, r.key_ids, keys, r.expires_at);
+          s.resPut.run({
+            rid: r.rid, link, role: 'peer', state: 'committed', master: r.master, slaves: JSON.stringify(r.slaves),
+            key_ids: JSON.stringify(r.key_ids), size: r.size, expires_at: r.expires_at, created_at: Date.now(), peer_acked: 1,
+          });
+        })();
+        for (const [blockId, c] of cursors) opened.get(blockId)!.cursor = c;
+        return { state: 'committed' };
+      } catch (e) {
+        return { state: 'refused', reason: (e as Error).message };
+      } finally {
+        for (const k of keys) k.fill(0);
+      }
+    };
+    try {
+      return rs.map((r) => ({ rid: String(r?.rid), ...one(r) }));
     } finally {
-      for (const b of opened.values()) b.plain.fill(0);
-      for (const k of keys) k.fill(0);
+      for (const b of opened.values()) {
+        this.#keepTail(b.row, b.plain, b.cursor);
+        b.plain.fill(0);
+      }
     }
   }
 
@@ -257,9 +281,8 @@ export function storeKeyRecords(
   store: Store, sealer: Sealer, rid: string, master: string, slaves: string[],
   keyIds: string[], keys: Buffer[], expiresAt: number,
 ): void {
-  const s = store.s;
+  const slaveList = JSON.stringify(slaves);
   for (const [i, keyId] of keyIds.entries()) {
-    s.keyPut.run(keyId, rid, master, sealer.seal(keys[i]!, keyAad(keyId)), expiresAt);
-    for (const slave of slaves) s.slavePut.run(keyId, slave);
+    store.s.keyPut.run(keyId, rid, master, slaveList, sealer.seal(keys[i]!, keyAad(keyId)), expiresAt);
   }
 }

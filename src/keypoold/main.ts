@@ -94,6 +94,10 @@ async function start(cfg: NodeConfig, logger: Logger, signal: AbortSignal, clean
   dataKey.fill(0);
   cleanups.push(() => sealer.destroy());
   const batcher = new TxBatcher(store.db, logger);
+  cleanups.push(async () => {
+    await batcher.drain();
+    batcher.close();
+  });
   const clock = systemClock;
   const ttlMs = cfg.key_ttl_seconds * 1000;
   const graceMs = cfg.expiry_grace_seconds * 1000;

@@ -1,7 +1,7 @@
 /**
- * The durable key store: SQLite in WAL mode with synchronous=FULL (every
- * commit is fsynced before it returns) and secure_delete (freed pages are
- * overwritten). Key material is only ever stored sealed (see seal.ts). This
+ * The durable key store: SQLite in WAL mode, every commit made durable by an
+ * fsync of the WAL before anything that depends on it is answered (see
+ * tx-batcher.ts), and secure_delete (freed pages are overwritten). Key material is only ever stored sealed (see seal.ts). This
  * file is data access only: no key logic.
  */
 import Database from 'better-sqlite3';
@@ -17,6 +17,7 @@ export type ReservationState = 'pending' | 'committed' | 'voided';
 export type Slice = [blockId: number, offset: number, bits: number];
 
 export interface ReservationRow {
+  seq: number;
   rid: string;
   link: string | null;
   role: ReservationRole;
@@ -24,7 +25,6 @@ export interface ReservationRow {
   master: string;
   slaves: string; // JSON string[]
   key_ids: string; // JSON string[]
-  slices: string | null; // JSON Slice[][] (one list per key)
   size: number;
   expires_at: number;
   created_at: number;
@@ -44,6 +44,10 @@ export interface KeyRow {
   key_id: string;
   rid: string;
   master: string;
+  /** JSON string[]: every slave the key was issued for. */
+  slaves: string;
+  /** JSON string[]: the slaves that have fetched it. */
+  fetched: string;
   sealed: Buffer;
   expires_at: number;
 }
@@ -59,27 +63,25 @@ CREATE TABLE IF NOT EXISTS block_data (
   link TEXT NOT NULL, block_id INTEGER NOT NULL, sealed BLOB NOT NULL,
   PRIMARY KEY (link, block_id));
 CREATE TABLE IF NOT EXISTS reservations (
-  rid TEXT PRIMARY KEY, link TEXT, role TEXT NOT NULL, state TEXT NOT NULL,
-  master TEXT NOT NULL, slaves TEXT NOT NULL, key_ids TEXT NOT NULL, slices TEXT,
+  seq INTEGER PRIMARY KEY, rid TEXT NOT NULL UNIQUE, link TEXT, role TEXT NOT NULL, state TEXT NOT NULL,
+  master TEXT NOT NULL, slaves TEXT NOT NULL, key_ids TEXT NOT NULL,
   size INTEGER NOT NULL, expires_at INTEGER NOT NULL, created_at INTEGER NOT NULL,
-  peer_acked INTEGER NOT NULL DEFAULT 1) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS reservations_state ON reservations(state, role);
-CREATE INDEX IF NOT EXISTS reservations_expiry ON reservations(expires_at);
+  peer_acked INTEGER NOT NULL DEFAULT 1);
+CREATE INDEX IF NOT EXISTS reservations_pending ON reservations(link, created_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS reservations_unacked ON reservations(link) WHERE peer_acked = 0;
 CREATE TABLE IF NOT EXISTS keys (
-  key_id TEXT PRIMARY KEY, rid TEXT NOT NULL, master TEXT NOT NULL,
-  sealed BLOB NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS keys_expiry ON keys(expires_at);
-CREATE INDEX IF NOT EXISTS keys_rid ON keys(rid);
-CREATE TABLE IF NOT EXISTS key_slaves (
-  key_id TEXT NOT NULL, slave TEXT NOT NULL, fetched INTEGER NOT NULL DEFAULT 0,
-  PRIMARY KEY (key_id, slave)) WITHOUT ROWID;
+  key_id TEXT PRIMARY KEY, rid TEXT NOT NULL, master TEXT NOT NULL, slaves TEXT NOT NULL,
+  fetched TEXT NOT NULL DEFAULT '[]', sealed BLOB NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID;
 `;
 
 export function openDb(path: string): Db {
   mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
   const db = new Database(path);
   db.pragma('journal_mode = WAL');
-  db.pragma('synchronous = FULL');
+  // NORMAL: a commit writes the WAL without fsync; TxBatcher fsyncs the WAL
+  // before any answer depends on it (off the event loop), and checkpoints
+  // fsync the database file before the WAL is reused.
+  db.pragma('synchronous = NORMAL');
   db.pragma('secure_delete = ON');
   db.pragma('busy_timeout = 5000');
   // Statement journals (one per savepoint) and the page cache stay in memory:
@@ -127,28 +129,25 @@ export class Store {
       erasePeerBlocks: db.prepare('DELETE FROM blocks WHERE link = ? AND mine = 0 AND block_id < ?'),
       resGet: db.prepare<[string], ReservationRow>('SELECT * FROM reservations WHERE rid = ?'),
       resPut: db.prepare(
-        `INSERT INTO reservations (rid, link, role, state, master, slaves, key_ids, slices, size, expires_at, created_at, peer_acked)
-         VALUES (@rid, @link, @role, @state, @master, @slaves, @key_ids, @slices, @size, @expires_at, @created_at, @peer_acked)`,
+        `INSERT INTO reservations (rid, link, role, state, master, slaves, key_ids, size, expires_at, created_at, peer_acked)
+         VALUES (@rid, @link, @role, @state, @master, @slaves, @key_ids, @size, @expires_at, @created_at, @peer_acked)`,
       ),
       resSetState: db.prepare('UPDATE reservations SET state = ?, peer_acked = ? WHERE rid = ?'),
+      resSetStateBySeq: db.prepare('UPDATE reservations SET state = ?, peer_acked = ? WHERE seq = ?'),
       resAcked: db.prepare('UPDATE reservations SET peer_acked = 1 WHERE rid = ?'),
       resPending: db.prepare<[string, number, number], { rid: string }>(
-        "SELECT rid FROM reservations WHERE state = 'pending' AND role = 'owner' AND link = ? AND created_at < ? LIMIT ?",
+        "SELECT rid FROM reservations WHERE state = 'pending' AND link = ? AND created_at < ? LIMIT ?",
       ),
-      resUnacked: db.prepare<[string, number], { rid: string }>(
-        "SELECT rid FROM reservations WHERE peer_acked = 0 AND state = 'voided' AND role = 'owner' AND link = ? LIMIT ?",
+      resUnacked: db.prepare<[string, number], { rid: string }>('SELECT rid FROM reservations WHERE peer_acked = 0 AND link = ? LIMIT ?'),
+      /** Oldest reservations first (expiry follows insertion order closely). */
+      resOldest: db.prepare<[number, number], Pick<ReservationRow, 'seq' | 'key_ids' | 'expires_at' | 'state' | 'peer_acked'>>(
+        'SELECT seq, key_ids, expires_at, state, peer_acked FROM reservations WHERE seq > ? ORDER BY seq LIMIT ?',
       ),
-      resPrune: db.prepare("DELETE FROM reservations WHERE expires_at < ? AND state != 'pending' AND peer_acked = 1"),
-      keyPut: db.prepare('INSERT INTO keys (key_id, rid, master, sealed, expires_at) VALUES (?, ?, ?, ?, ?)'),
+      resDelete: db.prepare('DELETE FROM reservations WHERE seq = ?'),
+      keyPut: db.prepare('INSERT INTO keys (key_id, rid, master, slaves, sealed, expires_at) VALUES (?, ?, ?, ?, ?, ?)'),
       keyGet: db.prepare<[string], KeyRow>('SELECT * FROM keys WHERE key_id = ?'),
+      keyFetched: db.prepare('UPDATE keys SET fetched = ? WHERE key_id = ?'),
       keyDelete: db.prepare('DELETE FROM keys WHERE key_id = ?'),
-      keysOfRid: db.prepare<[string], { key_id: string }>('SELECT key_id FROM keys WHERE rid = ?'),
-      expiredKeys: db.prepare<[number], { key_id: string }>('SELECT key_id FROM keys WHERE expires_at < ? LIMIT 1000'),
-      slavePut: db.prepare('INSERT INTO key_slaves (key_id, slave, fetched) VALUES (?, ?, 0)'),
-      slaveGet: db.prepare<[string, string], { fetched: number }>('SELECT fetched FROM key_slaves WHERE key_id = ? AND slave = ?'),
-      slaveFetched: db.prepare('UPDATE key_slaves SET fetched = 1 WHERE key_id = ? AND slave = ?'),
-      slavesLeft: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM key_slaves WHERE key_id = ? AND fetched = 0'),
-      slavesDelete: db.prepare('DELETE FROM key_slaves WHERE key_id = ?'),
     };
   }
 
@@ -174,10 +173,14 @@ export class Store {
     this.#s.dataDelete.run(link, blockId);
   }
 
-  /** Erase one key record and its slave rows (secure_delete overwrites them). */
+  /** Erase one key record (secure_delete overwrites it). */
   eraseKey(keyId: string): void {
     this.#s.keyDelete.run(keyId);
-    this.#s.slavesDelete.run(keyId);
+  }
+
+  /** Erase the key records of a reservation. */
+  eraseKeysOf(r: Pick<ReservationRow, 'key_ids'>): void {
+    for (const id of JSON.parse(r.key_ids) as string[]) this.#s.keyDelete.run(id);
   }
 
   close(): void {

@@ -1,24 +1,41 @@
 /**
  * Group commit. Work items queued in the same turn of the event loop run in
  * one SQLite transaction, each inside its own savepoint (a failing item rolls
- * back alone), and one fsync covers them all. A promise settles only after the
- * commit is durable.
+ * back alone). A promise settles only once its commit is durable.
+ *
+ * Durability: the store runs WAL with synchronous=NORMAL, so a commit only
+ * writes its frames to the WAL file; this batcher then fsyncs the WAL file on
+ * libuv's thread pool and settles the commit's promises when that fsync
+ * returns. The event loop never blocks on the disk, and one fsync covers every
+ * commit made while the previous one was running. Any answer built on some
+ * state is released only after a later fsync, which covers that state too.
+ * (Checkpoints under NORMAL fsync the database file before the WAL is reused.)
  */
+import { closeSync, fsync, openSync, constants as fsc } from 'node:fs';
 import { KmeError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { Db } from './store.js';
 
 interface Item {
   work: () => unknown;
+  /** Settle once committed, without waiting for the fsync. */
+  volatile: boolean;
   resolve: (v: unknown) => void;
   reject: (e: unknown) => void;
   ok: boolean;
   value: unknown;
 }
 
+const NOOP: Item = { work: () => undefined, volatile: false, resolve: () => {}, reject: () => {}, ok: true, value: undefined };
+
 export class TxBatcher {
   #queue: Item[] = [];
   #scheduled = false;
+  /** Committed, waiting for an fsync to start. */
+  #unsynced: Item[] = [];
+  #syncing = false;
+  #walFd: number | undefined;
+  readonly #walPath: string;
   readonly #db: Db;
   readonly #logger: Logger;
   readonly #runOne: (w: () => unknown) => unknown;
@@ -27,6 +44,7 @@ export class TxBatcher {
   constructor(db: Db, logger: Logger) {
     this.#db = db;
     this.#logger = logger;
+    this.#walPath = `${db.name}-wal`;
     this.#runOne = db.transaction((w: () => unknown) => w());
     this.#runAll = db.transaction((items: Item[]) => {
       for (const it of items) {
@@ -40,9 +58,24 @@ export class TxBatcher {
     });
   }
 
+  /** Run `work` in the next group commit; settle once the commit is durable. */
   run<T>(work: () => T): Promise<T> {
+    return this.#enqueue(work, false);
+  }
+
+  /**
+   * Run `work` in the next group commit; settle as soon as it is committed
+   * (visible to every later transaction, and safe from a crash of this
+   * process), without waiting for the fsync that makes it survive power loss.
+   * Only for writes whose loss in a power cut is harmless (see link-sync.ts).
+   */
+  runVolatile<T>(work: () => T): Promise<T> {
+    return this.#enqueue(work, true);
+  }
+
+  #enqueue<T>(work: () => T, volatile: boolean): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      this.#queue.push({ work, resolve: resolve as (v: unknown) => void, reject, ok: false, value: undefined });
+      this.#queue.push({ work, volatile, resolve: resolve as (v: unknown) => void, reject, ok: false, value: undefined });
       if (!this.#scheduled) {
         this.#scheduled = true;
         setImmediate(() => this.#flush());
@@ -63,10 +96,65 @@ export class TxBatcher {
       for (const it of items) it.reject(err);
       return;
     }
-    for (const it of items) (it.ok ? it.resolve : it.reject)(it.value);
+    let volatile = false;
+    for (const it of items) {
+      if (it.volatile) {
+        volatile = true;
+        (it.ok ? it.resolve : it.reject)(it.value);
+      } else this.#unsynced.push(it);
+    }
+    // Volatile commits are fsynced soon too; nobody waits for it.
+    if (volatile && this.#unsynced.length === 0) this.#unsynced.push(NOOP);
+    this.#sync();
+  }
+
+  /** One fsync of the WAL at a time; it settles everything committed before it started. */
+  #sync(): void {
+    if (this.#syncing || this.#unsynced.length === 0) return;
+    const cohort = this.#unsynced;
+    this.#unsynced = [];
+    let fd: number;
+    try {
+      fd = this.#walFd ??= openSync(this.#walPath, fsc.O_RDONLY);
+    } catch (e) {
+      return this.#failed(cohort, e);
+    }
+    this.#syncing = true;
+    fsync(fd, (err) => {
+      this.#syncing = false;
+      if (err) this.#failed(cohort, err);
+      else for (const it of cohort) (it.ok ? it.resolve : it.reject)(it.value);
+      this.#sync();
+    });
+  }
+
+  #failed(cohort: Item[], e: unknown): void {
+    this.#logger.error({ err: (e as Error).message }, 'store fsync failed');
+    const err = new KmeError('UNAVAILABLE', 'key store unavailable', undefined, { cause: e });
+    for (const it of cohort) {
+      if (it.ok) zeroBuffers(it.value);
+      it.reject(err);
+    }
+  }
+
+  /** Wait for everything committed so far to be durable. */
+  drain(): Promise<void> {
+    return this.run(() => undefined);
+  }
+
+  close(): void {
+    if (this.#walFd !== undefined) closeSync(this.#walFd);
+    this.#walFd = undefined;
   }
 
   get db(): Db {
     return this.#db;
   }
+}
+
+/** Best effort: key material computed by work whose commit never became durable is not handed out; zero it. */
+function zeroBuffers(v: unknown): void {
+  if (Buffer.isBuffer(v)) v.fill(0);
+  else if (Array.isArray(v)) v.forEach(zeroBuffers);
+  else if (v && typeof v === 'object') for (const x of Object.values(v)) zeroBuffers(x);
 }

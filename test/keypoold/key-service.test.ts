@@ -96,8 +96,8 @@ describe('KeyService', () => {
     const { keys } = await service.encKeys({ caller: 'M', slave: 'S1', additional: [], number: 2, size: 256 });
     clock.t += 10_001;
     expect(await code(service.decKeys({ caller: 'S1', master: 'M', key_ids: [keys[0]!.key_ID] }))).toMatch(/not found/);
-    expect(await service.sweep()).toBe(2);
+    expect(await service.sweep()).toBe(1); // one reservation, with its two keys
     expect((store.db.prepare('SELECT count(*) n FROM keys').get() as { n: number }).n).toBe(0);
-    expect((store.db.prepare('SELECT count(*) n FROM key_slaves').get() as { n: number }).n).toBe(0);
+    expect((store.db.prepare('SELECT count(*) n FROM reservations').get() as { n: number }).n).toBe(0);
   });
 });

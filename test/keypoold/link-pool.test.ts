@@ -28,6 +28,10 @@ function blocks(from: number, n: number): KeyBlock[] {
   return Array.from({ length: n }, (_, i) => ({ blockId: from + i, bits: BLOCK_BITS, material: sim.material(from + i) }));
 }
 
+function accept(n: ReturnType<typeof node>, r: Parameters<LinkPool['acceptAll']>[0][number]) {
+  return n.store.db.transaction(() => n.pool.acceptAll([r], () => undefined)[0]!)();
+}
+
 beforeEach(() => {
   dir = mkdtempSync(join(tmpdir(), 'kme-pool-'));
 });
@@ -88,7 +92,7 @@ describe('LinkPool', () => {
     const c = A.store.db.transaction(() => A.pool.carve([{ number: 2, size: 256 }], 3))()[0] as { slices: [number, number, number][][]; material: Buffer[] };
     const keyIds = [randomUUID(), randomUUID()];
     const r = { rid: randomUUID(), master: 'SAE_A1', slaves: ['SAE_B1'], key_ids: keyIds, slices: c.slices, size: 256, expires_at: Date.now() + 60000 };
-    expect(B.store.db.transaction(() => B.pool.accept(r))()).toEqual({ state: 'committed' });
+    expect(accept(B, r)).toMatchObject({ state: 'committed' });
     for (const [i, id] of keyIds.entries()) {
       const row = B.store.s.keyGet.get(id)!;
       expect(B.sealer.open(row.sealed, keyAad(id)).equals(c.material[i]!)).toBe(true);
@@ -97,14 +101,12 @@ describe('LinkPool', () => {
     expect(B.store.s.blockGet.get('L', 0)).toMatchObject({ start_bit: 512 });
     expect(B.sealer.open(B.store.s.dataGet.get('L', 0)!.sealed, 'blk|L|0|512')).toHaveLength((BLOCK_BITS - 512) / 8);
     // same rid again: idempotent
-    expect(B.store.db.transaction(() => B.pool.accept(r))()).toEqual({ state: 'committed' });
+    expect(accept(B, r)).toMatchObject({ state: 'committed' });
     // same slices under a new rid: refused
-    const again = B.store.db.transaction(() => B.pool.accept({ ...r, rid: randomUUID(), key_ids: [randomUUID(), randomUUID()] }))();
+    const again = accept(B, { ...r, rid: randomUUID(), key_ids: [randomUUID(), randomUUID()] });
     expect(again.state).toBe('refused');
     // a block B owns itself: refused
-    const foreign = B.store.db.transaction(() =>
-      B.pool.accept({ ...r, rid: randomUUID(), key_ids: [randomUUID()], slices: [[[1, 0, 256]]] }),
-    )();
+    const foreign = accept(B, { ...r, rid: randomUUID(), key_ids: [randomUUID()], slices: [[[1, 0, 256]]] });
     expect(foreign).toMatchObject({ state: 'refused' });
     expect(foreign.reason).toMatch(/not the sender/);
   });

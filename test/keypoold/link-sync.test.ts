@@ -103,7 +103,7 @@ function carvePending(n: Node): { res: PeerReservation; material: Buffer[] } {
     };
     n.store.s.resPut.run({
       rid: res.rid, link: LINK, role: 'owner', state: 'pending', master: res.master, slaves: '["SAE_B1"]',
-      key_ids: JSON.stringify(res.key_ids), slices: null, size: 256, expires_at: res.expires_at, created_at: Date.now() - 10_000, peer_acked: 1,
+      key_ids: JSON.stringify(res.key_ids), size: 256, expires_at: res.expires_at, created_at: Date.now() - 10_000, peer_acked: 1,
     });
     return { res, material: c.material };
   })();
