@@ -164,6 +164,7 @@ async function run(job: LoadJob): Promise<LoadResult> {
         measuredOk++;
         latencies.push(t1 - t0);
       }
+      if (job.mode === 'status') continue;
       const k = singleKey(reply.body, keyBytes);
       if (typeof k === 'string') {
         mismatch(k);

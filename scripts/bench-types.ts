@@ -4,7 +4,7 @@
  * generator's command line, and one JSON result line on its stdout.
  */
 
-export type LoadMode = 'enc' | 'dec';
+export type LoadMode = 'enc' | 'dec' | 'status';
 
 export interface LoadJob {
   /** Shown in messages. */

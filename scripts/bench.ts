@@ -51,6 +51,7 @@ const RESERVED_PORTS = (p: number) => p === 8443 || p === 8444 || p === 9443 || 
 
 const ENC_PATH = '/api/v1/keys/SAE_B1/enc_keys?number=1&size=256';
 const DEC_PATH = '/api/v1/keys/SAE_A1/dec_keys?key_ID=';
+const STATUS_PATH = '/api/v1/keys/SAE_A2/status';
 
 const out = (line = '') => process.stdout.write(line + '\n');
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -570,6 +571,10 @@ async function bench(): Promise<number> {
     phases.kmeDec = { result: skipped('kme-dec', 'the enc phase obtained no keys'), cpuPct: {}, runQueuePct: {} };
   }
 
+  // The floor of the two-process path: kme-api and keypoold with no key work (status of a same-node pair).
+  phases.kmeStatus = await runLoad({ ...common, ...kmeA, ...strip(a1), label: 'kme-status', mode: 'status', path: STATUS_PATH });
+  describePhase('(e) KME_A status     ', phases.kmeStatus);
+
   measuring = false;
   const othersMax = Math.max(0, ...Object.values(phases).map((p) => p.machinePct?.others ?? 0));
   const quiet = othersMax <= NOISE_LIMIT_PCT;
@@ -585,6 +590,8 @@ async function bench(): Promise<number> {
     row('dec_keys', phases.bareDec.result, phases.kmeDec.result),
   ];
   out('');
+  const floor = phases.kmeStatus.result.rps && phases.bareEnc.result.rps ? phases.kmeStatus.result.rps / phases.bareEnc.result.rps : undefined;
+  out(`floor: status of a same-node pair (kme-api + keypoold, no key work) ${phases.kmeStatus.result.rps?.toFixed(1)} req/s, ${floor?.toFixed(2)} of the bare server`);
   const targets = printTable(rows).map((t) => ({ ...t, value: t.value === undefined ? null : Math.round(t.value * 1000) / 1000 }));
 
   const all = Object.values(phases).map((p) => p.result);
