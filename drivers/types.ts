@@ -20,6 +20,17 @@ export interface QkdModuleInfo {
   firmware: string;
 }
 
+/** The module says blocks [firstBlockId, lastBlockId] must not be used (QBER too high, eavesdropping). */
+export interface QkdAlarm {
+  kind: 'qber_threshold' | 'eavesdropping' | 'unknown';
+  firstBlockId: number;
+  lastBlockId: number;
+  qber?: number;
+}
+
+/** Diagnostic counters of a driver (frames, CRC errors, resyncs, reconnects...). */
+export type DriverCounters = Record<string, number>;
+
 export interface QkdModuleDriver {
   readonly state: DriverState;
   open(signal?: AbortSignal): Promise<QkdModuleInfo>;
@@ -34,6 +45,11 @@ export interface QkdModuleDriver {
   blocks(fromId: number, signal?: AbortSignal): AsyncIterable<KeyBlock[]>;
   /** The consumer holds every block up to `blockId` durably. */
   ack(blockId: number): void;
+  /** Alarms from the module, as they arrive. Returns an unsubscribe function. */
+  onAlarm?(cb: (alarm: QkdAlarm) => void): () => void;
+  /** State changes (with the cause of a degraded or failed state). Returns an unsubscribe function. */
+  onStateChange?(cb: (state: DriverState, cause?: Error) => void): () => void;
+  counters?(): DriverCounters;
 }
 
 /** Injected time source, so tests can drive time. */
