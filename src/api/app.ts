@@ -9,7 +9,7 @@
  */
 import { Hono, type Context } from 'hono';
 import type { Limits } from '../common/config.js';
-import { unauthorized } from '../common/errors.js';
+import { isKmeError, unauthorized } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { KeysResult, PoolClient, PoolOp, PoolOps, StatusResult } from '../ipc/pool-protocol.js';
 import { readJsonBody } from './body.js';
@@ -90,6 +90,22 @@ export function createEtsiApp(deps: EtsiAppDeps) {
     }
   };
 
+  /**
+   * Run request validation; an SAE that is not registered here hears 401 rather
+   * than what is wrong with its request (the spec's 401 comes before any 400).
+   */
+  const validated = async <T>(caller: string, f: () => T | Promise<T>): Promise<T> => {
+    try {
+      return await f();
+    } catch (e) {
+      if (isKmeError(e) && e.code === 'BAD_REQUEST') {
+        const who = await call('whoami', { caller }).catch(() => ({ registered: true }));
+        if (!who.registered) throw unauthorized();
+      }
+      throw e;
+    }
+  };
+
   const encKeys = async (c: Context, caller: string, slave: string, req: EncKeysRequest) => {
     const r = await call('enc_keys', { caller, slave, additional: req.additional, number: req.number, size: req.size });
     return c.json(keysBody(r));
@@ -101,34 +117,46 @@ export function createEtsiApp(deps: EtsiAppDeps) {
 
   app.get(STATUS, async (c) => {
     const caller = callerOf(c);
-    const slave = pathSaeId(c.req.param('id'), 'slave', caller);
+    const slave = await validated(caller, () => pathSaeId(c.req.param('id'), 'slave', caller));
     return c.json(statusBody(await call('status', { caller, slave })));
   });
 
   app.get(ENC, async (c) => {
     refuseHead(c);
     const caller = callerOf(c);
-    const slave = pathSaeId(c.req.param('id'), 'slave', caller);
-    return encKeys(c, caller, slave, encKeysFromQuery(queryOf(c.req.url), limits));
+    const [slave, req] = await validated(caller, () => {
+      const slave = pathSaeId(c.req.param('id'), 'slave', caller);
+      return [slave, encKeysFromQuery(queryOf(c.req.url), limits)] as const;
+    });
+    return encKeys(c, caller, slave, req);
   });
   app.post(ENC, async (c) => {
     const caller = callerOf(c);
-    const slave = pathSaeId(c.req.param('id'), 'slave', caller);
-    const body = await readJsonBody(c, maxBodyBytes);
-    return encKeys(c, caller, slave, encKeysFromBody(body, limits, slave, caller));
+    const [slave, req] = await validated(caller, async () => {
+      const slave = pathSaeId(c.req.param('id'), 'slave', caller);
+      const body = await readJsonBody(c, maxBodyBytes);
+      return [slave, encKeysFromBody(body, limits, slave, caller)] as const;
+    });
+    return encKeys(c, caller, slave, req);
   });
 
   app.get(DEC, async (c) => {
     refuseHead(c);
     const caller = callerOf(c);
-    const master = pathSaeId(c.req.param('id'), 'master', caller);
-    return decKeys(c, caller, master, decKeysFromQuery(queryOf(c.req.url)));
+    const [master, ids] = await validated(caller, () => {
+      const master = pathSaeId(c.req.param('id'), 'master', caller);
+      return [master, decKeysFromQuery(queryOf(c.req.url))] as const;
+    });
+    return decKeys(c, caller, master, ids);
   });
   app.post(DEC, async (c) => {
     const caller = callerOf(c);
-    const master = pathSaeId(c.req.param('id'), 'master', caller);
-    const body = await readJsonBody(c, maxBodyBytes);
-    return decKeys(c, caller, master, decKeysFromBody(body, limits));
+    const [master, ids] = await validated(caller, async () => {
+      const master = pathSaeId(c.req.param('id'), 'master', caller);
+      const body = await readJsonBody(c, maxBodyBytes);
+      return [master, decKeysFromBody(body, limits)] as const;
+    });
+    return decKeys(c, caller, master, ids);
   });
 
   // An empty path segment (`/api/v1/keys//status`) is a blank SAE ID: 400, not 404.

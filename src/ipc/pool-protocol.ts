@@ -63,6 +63,8 @@ export interface PoolOps {
   status: { args: StatusArgs; result: StatusResult };
   enc_keys: { args: EncKeysArgs; result: KeysResult };
   dec_keys: { args: DecKeysArgs; result: KeysResult };
+  /** Is this SAE registered at this KME? (kme-api asks before answering 400 to a bad request.) */
+  whoami: { args: { caller: string }; result: { registered: boolean } };
   /** Liveness and a short health summary for tools. */
   health: { args: Record<string, never>; result: HealthResult };
 }

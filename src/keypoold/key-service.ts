@@ -45,6 +45,10 @@ export class KeyService {
     this.#d = deps;
   }
 
+  isRegisteredHere(sae: string): boolean {
+    return this.#d.registry.get(sae)?.kme_id === this.#d.kmeId;
+  }
+
   #requireLocalCaller(caller: string): void {
     if (this.#d.registry.get(caller)?.kme_id !== this.#d.kmeId) {
       throw unauthorized(`SAE ${caller} is not registered at ${this.#d.kmeId}`);

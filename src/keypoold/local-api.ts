@@ -24,6 +24,9 @@ export async function dispatchPoolOp(service: KeyService, op: string, raw: unkno
     case 'dec_keys':
       if (!isStr(a.caller) || !isStr(a.master) || !isStrArray(a.key_ids)) throw badRequest('dec_keys needs caller, master and key_ids');
       return service.decKeys(a as unknown as DecKeysArgs);
+    case 'whoami':
+      if (!isStr(a.caller)) throw badRequest('whoami needs caller');
+      return { registered: service.isRegisteredHere(a.caller) };
     case 'health':
       return service.health();
     default:

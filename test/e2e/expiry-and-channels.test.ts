@@ -136,8 +136,14 @@ describe('SAE registration', () => {
 
   it('answers 401 to a valid certificate of an SAE that is not registered, or registered at the other KME', async () => {
     const ca = { cert: readFileSync(net.path(net.demo.ca_cert), 'utf8'), key: readFileSync(net.path(net.demo.ca_key), 'utf8') };
-    const stranger = await statusAtA(await issueCert(ca, { cn: 'SAE_X9', usage: 'client' }));
+    const strangerPem = await issueCert(ca, { cn: 'SAE_X9', usage: 'client' });
+    const stranger = await statusAtA(strangerPem);
     expect(stranger.status).toBe(401);
+    // a malformed request from an unregistered SAE still hears 401, not what is wrong with it
+    const malformed = await httpsCall(`${net.node('KME_A').etsi_url}/api/v1/keys/SAE_B1/enc_keys?size=7`, 'GET', {
+      cert: Buffer.from(strangerPem.cert), key: Buffer.from(strangerPem.key), ca: readFileSync(net.path(net.demo.ca_cert)),
+    });
+    expect(malformed.status).toBe(401);
     const b1 = net.node('KME_B').saes.find((s) => s.sae_id === 'SAE_B1')!;
     const elsewhere = await statusAtA({ cert: readFileSync(net.path(b1.cert)), key: readFileSync(net.path(b1.key)) });
     expect(elsewhere.status).toBe(401);

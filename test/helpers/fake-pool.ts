@@ -46,6 +46,8 @@ export function defaultAnswer(op: PoolOp, args: unknown): unknown {
     case 'enc_keys':
     case 'dec_keys':
       return { keys: [KEY_A] };
+    case 'whoami':
+      return { registered: true };
     default:
       return {};
   }
