@@ -30,6 +30,9 @@ export interface NdjsonServer {
 const INTERNAL: PoolErrorBody = { code: 'INTERNAL', message: 'internal error' };
 const MALFORMED: PoolErrorBody = { code: 'BAD_REQUEST', message: 'malformed IPC request' };
 const TOO_LONG: PoolErrorBody = { code: 'BAD_REQUEST', message: 'IPC request line too long' };
+const BUSY: PoolErrorBody = { code: 'UNAVAILABLE', message: 'too many requests in flight on this connection' };
+/** Requests one connection may have in flight; beyond it they are refused at once. */
+export const MAX_IN_FLIGHT_PER_CONNECTION = 10_000;
 
 export async function serveNdjson(opts: NdjsonServerOptions): Promise<NdjsonServer> {
   const { path, handler, logger } = opts;
@@ -86,7 +89,10 @@ export function serveConnection(sock: Socket, handler: NdjsonHandler, logger: Lo
   };
   const fail = (id: number, error: PoolErrorBody) => send({ id, ok: false, error });
 
+  let inFlight = 0;
   const dispatch = async (id: number, op: string, args: unknown) => {
+    if (inFlight >= MAX_IN_FLIGHT_PER_CONNECTION) return fail(id, BUSY);
+    inFlight++;
     try {
       const result = await handler(op, args);
       send({ id, ok: true, result });
@@ -99,6 +105,8 @@ export function serveConnection(sock: Socket, handler: NdjsonHandler, logger: Lo
         logger.error({ err, op }, 'ipc handler failed');
         fail(id, INTERNAL);
       }
+    } finally {
+      inFlight--;
     }
   };
 

@@ -28,6 +28,7 @@ import { dispatchPoolOp } from './local-api.js';
 
 const MAINTAIN_MS = 1000;
 const SWEEP_MS = 1000;
+const CHECKPOINT_MS = 60_000;
 
 async function main(): Promise<void> {
   let cfg: NodeConfig;
@@ -83,6 +84,7 @@ async function main(): Promise<void> {
 }
 
 async function start(cfg: NodeConfig, logger: Logger, signal: AbortSignal, cleanups: Array<() => Promise<void> | void>): Promise<void> {
+  process.umask(0o077); // the store, its WAL and the sockets' folders are ours alone
   mkdirSync(cfg.state_dir, { recursive: true, mode: 0o700 });
   const registry = await Registry.open(cfg.registry_file);
   const store = new Store(openDb(join(cfg.state_dir, 'keystore.sqlite')));
@@ -147,6 +149,8 @@ async function start(cfg: NodeConfig, logger: Logger, signal: AbortSignal, clean
     every(MAINTAIN_MS, () => sync.maintain());
   }
   every(SWEEP_MS, () => service.sweep());
+  // Fold the WAL back into the store and truncate it, so copies of erased records do not linger there.
+  every(CHECKPOINT_MS, async () => void store.db.pragma('wal_checkpoint(TRUNCATE)'));
 
   const ipc = await serveNdjson({ path: cfg.keypoold.socket, handler: (op, args) => dispatchPoolOp(service, op, args), logger });
   cleanups.push(() => ipc.close());
