@@ -131,6 +131,7 @@ export class KeyService {
         store.s.resPut.run({
           rid, link: null, role: 'local', state: 'committed', master, slaves: JSON.stringify(slaves),
           key_ids: JSON.stringify(ids), size, expires_at: now + this.#d.ttlMs, created_at: now, peer_acked: 1,
+          first_block: null, last_block: null,
         });
       });
     } catch (e) {

@@ -79,6 +79,31 @@ export class LinkPool {
     return this.stats().bits >= this.opts.capacityBits;
   }
 
+  /** Block ranges an alarm said never to use (loaded once, kept in step by discard()). */
+  #discarded: Array<{ first_block: number; last_block: number }> | undefined;
+
+  #isDiscarded(blockId: number): boolean {
+    this.#discarded ??= this.#store.s.discardList.all(this.opts.linkId);
+    return this.#discarded.some((d) => blockId >= d.first_block && blockId <= d.last_block);
+  }
+
+  /**
+   * An alarm: blocks [first, last] must never give key. Erase those held here
+   * (either owner's) and remember the part not received yet, so it is never
+   * stored. Run in a transaction. Returns how many held blocks were erased.
+   */
+  discard(first: number, last: number): number {
+    const link = this.opts.linkId;
+    const held = this.#store.s.blocksInRange.all(link, first, last);
+    for (const b of held) this.#store.eraseBlock(link, b.block_id);
+    const from = Math.max(first, this.highWater() + 1);
+    if (last >= from) {
+      this.#store.s.discardAdd.run(link, from, last);
+      this.#discarded = undefined;
+    }
+    return held.length;
+  }
+
   /** Store blocks sealed and advance the high-water mark. Run in a transaction. */
   ingest(blocks: KeyBlock[]): number {
     const link = this.opts.linkId;
@@ -89,9 +114,10 @@ export class LinkPool {
         throw new KmeError('INTERNAL', `block ${b.blockId} has ${b.material.length} bytes for ${b.bits} bits`);
       }
       if (b.blockId !== hw + 1) throw new KmeError('INTERNAL', `block ${b.blockId} out of sequence after ${hw}`);
+      hw = b.blockId;
+      if (this.#isDiscarded(b.blockId)) continue; // an alarm named it before it arrived
       this.#store.s.blockPut.run({ link, block_id: b.blockId, bits: b.bits, mine: this.isMine(b.blockId) ? 1 : 0, start_bit: 0 });
       this.#store.s.dataPut.run(link, b.blockId, this.#sealer.seal(b.material, blockAad(link, b.blockId, 0)));
-      hw = b.blockId;
     }
     this.#store.s.hwPut.run(link, hw);
     return hw;
@@ -251,6 +277,7 @@ export class LinkPool {
           s.resPut.run({
             rid: r.rid, link, role: 'peer', state: 'committed', master: r.master, slaves: JSON.stringify(r.slaves),
             key_ids: JSON.stringify(r.key_ids), size: r.size, expires_at: r.expires_at, created_at: Date.now(), peer_acked: 1,
+            ...blockSpan(r.slices),
           });
         })();
         for (const [blockId, c] of cursors) opened.get(blockId)!.cursor = c;
@@ -274,6 +301,14 @@ export class LinkPool {
   #storeKeys(rid: string, master: string, slaves: string[], keyIds: string[], keys: Buffer[], expiresAt: number): void {
     storeKeyRecords(this.#store, this.#sealer, rid, master, slaves, keyIds, keys, expiresAt);
   }
+}
+
+/** The lowest and highest block a reservation's slices lie in. */
+export function blockSpan(slices: Slice[][]): { first_block: number; last_block: number } {
+  let first = Infinity;
+  let last = -Infinity;
+  for (const list of slices) for (const [b] of list) (first = Math.min(first, b)), (last = Math.max(last, b));
+  return { first_block: first, last_block: last };
 }
 
 /** Write sealed key records for the slaves to fetch (peer side, and same-node pairs). */

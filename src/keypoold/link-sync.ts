@@ -23,7 +23,7 @@ import { KmeError, unavailable } from '../common/errors.js';
 import { isCanonicalUuid } from '../common/ids.js';
 import type { Logger } from '../common/logger.js';
 import type { Clock } from '../../drivers/types.js';
-import type { Carved, LinkPool } from './link-pool.js';
+import { blockSpan, type Carved, type LinkPool } from './link-pool.js';
 import type { PeerClient } from './peer-client.js';
 import type {
   HelloResponse, PeerReservation, PeerRidState, QueryResponse, ReservationsRequest, ReservationsResponse, VoidResponse,
@@ -60,6 +60,8 @@ const MAX_BATCH_KEYS = 2048;
 const MAX_IN_FLIGHT = 1;
 /** Most requests waiting for a batch; beyond it the SAE gets 503 at once. */
 const MAX_QUEUE = 4096;
+/** Most blocks one reservation can span (128 keys of 8192 bits in blocks of 1024 bits), for alarm look-ups. */
+const MAX_SPAN_BLOCKS = 2048;
 /** Most rids per recovery or VOID message. */
 const RECOVERY_CHUNK = 500;
 
@@ -86,6 +88,8 @@ export class LinkSync {
   #peerHw = -1;
   #peerReachable = false;
   #lastContact = 0;
+  /** Alarm ranges seen by this process, to catch batches carved before an alarm and answered after it. */
+  readonly #alarmRanges: Array<[number, number]> = [];
 
   constructor(deps: LinkSyncDeps) {
     this.#d = deps;
@@ -144,6 +148,7 @@ export class LinkSync {
     const { pool, store, batcher, client, clock } = this.#d;
     const now = clock.now();
     const expiresAt = now + this.#d.ttlMs;
+    const alarmsAtCarve = this.#alarmRanges.length;
     let carved: { results: Array<Carved | KmeError>; reservations: Array<PeerReservation | null> };
     let sent: Promise<unknown> | undefined;
     let sentRids: string[] = [];
@@ -162,7 +167,7 @@ export class LinkSync {
           store.s.resPut.run({
             rid: res.rid, link: pool.linkId, role: 'owner', state: 'pending', master: res.master,
             slaves: JSON.stringify(res.slaves), key_ids: JSON.stringify(res.key_ids),
-            size: res.size, expires_at: expiresAt, created_at: now, peer_acked: 1,
+            size: res.size, expires_at: expiresAt, created_at: now, peer_acked: 1, ...blockSpan(res.slices),
           });
           return res;
         });
@@ -198,11 +203,13 @@ export class LinkSync {
     }
     const committed: string[] = [];
     const voided: string[] = [];
+    const alarmed = (res: PeerReservation) =>
+      this.#alarmRanges.length > alarmsAtCarve && res.slices.some((l) => l.some(([b]) => this.#alarmRanges.some(([f, t]) => b >= f && b <= t)));
     carved.results.forEach((r, i) => {
       const q = batch[i]!;
       if (r instanceof KmeError) return q.reject(r);
       const res = carved.reservations[i]!;
-      if (states.get(res.rid) === 'committed') {
+      if (states.get(res.rid) === 'committed' && !alarmed(res)) {
         committed.push(res.rid);
         q.resolve(res.key_ids.map((keyId, k) => ({ keyId, material: Buffer.from(r.material[k]!) })));
       } else {
@@ -270,6 +277,40 @@ export class LinkSync {
     }
   }
 
+  // -------------------------------------------------------------------- alarms
+
+  /**
+   * The module says blocks [first, last] are compromised: discard them here,
+   * void every reservation with a slice in them (erasing the keys a slave
+   * would fetch here), and tell the peer at once (its own module should say
+   * so too; whichever hears first protects both).
+   */
+  async onModuleAlarm(first: number, last: number, reason: string): Promise<void> {
+    await this.applyAlarm(first, last, reason, 'module');
+    this.#d.client.call('alarm', { first, last, reason }).catch((e) =>
+      this.#d.logger.warn({ link: this.linkId, err: (e as Error).message }, 'could not pass the alarm to the peer; it relies on its own module'),
+    );
+  }
+
+  async applyAlarm(first: number, last: number, reason: string, from: 'module' | 'peer'): Promise<{ blocks: number; voided: number }> {
+    if (!Number.isSafeInteger(first) || !Number.isSafeInteger(last) || first < 0 || last < first) {
+      throw new KmeError('BAD_REQUEST', 'alarm needs a block range first <= last');
+    }
+    this.#alarmRanges.push([first, last]);
+    const { pool, store, batcher } = this.#d;
+    const res = await batcher.run(() => {
+      const blocks = pool.discard(first, last);
+      const rows = store.s.resInBlocks.all({ link: this.linkId, from: first - MAX_SPAN_BLOCKS, first, last });
+      for (const r of rows) {
+        if (r.role === 'peer') store.eraseKeysOf(r);
+        store.s.resSetState.run('voided', 1, r.rid);
+      }
+      return { blocks, voided: rows.length };
+    });
+    this.#d.logger.warn({ link: this.linkId, first, last, reason, from, ...res }, 'alarm: blocks discarded and reservations voided');
+    return res;
+  }
+
   // ----------------------------------------------------------------- peer side
 
   async onReservations(body: ReservationsRequest): Promise<ReservationsResponse> {
@@ -318,6 +359,7 @@ export class LinkSync {
           store.s.resPut.run({
             rid, link: this.linkId, role: 'peer', state: 'voided', master: '', slaves: '[]', key_ids: '[]',
             size: 0, expires_at: clock.now() + 2 * this.#d.ttlMs, created_at: clock.now(), peer_acked: 1,
+            first_block: null, last_block: null,
           });
         }
       }

@@ -12,6 +12,8 @@
  *   reservations  {link, ...ReservationsRequest} -> ReservationsResponse
  *   void          {link, rids}                  -> VoidResponse
  *   query         {link, rids}                  -> QueryResponse
+ *   alarm         {link, first, last, reason}   -> {blocks, voided}: the sender's module
+ *                 named blocks [first, last] compromised; discard them here too
  */
 import type { Slice } from './store.js';
 
@@ -62,6 +64,6 @@ export interface QueryResponse {
   states: Record<string, PeerRidState>;
 }
 
-export type PeerOp = 'hello' | 'reservations' | 'void' | 'query';
+export type PeerOp = 'hello' | 'reservations' | 'void' | 'query' | 'alarm';
 
 export const MAX_PEER_LINE_BYTES = 8 * 1024 * 1024;

@@ -81,6 +81,8 @@ async function dispatch(links: Map<string, LinkSync>, cn: string, op: string, ra
       return link.onVoid(rids);
     case 'query':
       return link.onQuery(rids);
+    case 'alarm':
+      return link.applyAlarm(Number(args.first), Number(args.last), String(args.reason ?? 'peer alarm'), 'peer');
     default:
       throw new KmeError('BAD_REQUEST', `unknown operation ${op}`);
   }

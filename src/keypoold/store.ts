@@ -29,6 +29,9 @@ export interface ReservationRow {
   expires_at: number;
   created_at: number;
   peer_acked: number;
+  /** Lowest and highest block id the reservation's slices lie in (null for same-node keys). */
+  first_block: number | null;
+  last_block: number | null;
 }
 
 /** A block's bookkeeping; its sealed material is in block_data, read only when carved from. */
@@ -66,7 +69,9 @@ CREATE TABLE IF NOT EXISTS reservations (
   seq INTEGER PRIMARY KEY, rid TEXT NOT NULL UNIQUE, link TEXT, role TEXT NOT NULL, state TEXT NOT NULL,
   master TEXT NOT NULL, slaves TEXT NOT NULL, key_ids TEXT NOT NULL,
   size INTEGER NOT NULL, expires_at INTEGER NOT NULL, created_at INTEGER NOT NULL,
-  peer_acked INTEGER NOT NULL DEFAULT 1);
+  peer_acked INTEGER NOT NULL DEFAULT 1, first_block INTEGER, last_block INTEGER);
+CREATE INDEX IF NOT EXISTS reservations_blocks ON reservations(link, first_block) WHERE first_block IS NOT NULL;
+CREATE TABLE IF NOT EXISTS discarded (link TEXT NOT NULL, first_block INTEGER NOT NULL, last_block INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS reservations_pending ON reservations(link, created_at) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS reservations_unacked ON reservations(link) WHERE peer_acked = 0;
 CREATE TABLE IF NOT EXISTS keys (
@@ -129,8 +134,8 @@ export class Store {
       erasePeerBlocks: db.prepare('DELETE FROM blocks WHERE link = ? AND mine = 0 AND block_id < ?'),
       resGet: db.prepare<[string], ReservationRow>('SELECT * FROM reservations WHERE rid = ?'),
       resPut: db.prepare(
-        `INSERT INTO reservations (rid, link, role, state, master, slaves, key_ids, size, expires_at, created_at, peer_acked)
-         VALUES (@rid, @link, @role, @state, @master, @slaves, @key_ids, @size, @expires_at, @created_at, @peer_acked)`,
+        `INSERT INTO reservations (rid, link, role, state, master, slaves, key_ids, size, expires_at, created_at, peer_acked, first_block, last_block)
+         VALUES (@rid, @link, @role, @state, @master, @slaves, @key_ids, @size, @expires_at, @created_at, @peer_acked, @first_block, @last_block)`,
       ),
       resSetState: db.prepare('UPDATE reservations SET state = ?, peer_acked = ? WHERE rid = ?'),
       resSetStateBySeq: db.prepare('UPDATE reservations SET state = ?, peer_acked = ? WHERE seq = ?'),
@@ -144,6 +149,14 @@ export class Store {
         'SELECT seq, key_ids, expires_at, state, peer_acked FROM reservations WHERE seq > ? ORDER BY seq LIMIT ?',
       ),
       resDelete: db.prepare('DELETE FROM reservations WHERE seq = ?'),
+      /** Reservations with a slice in blocks [first, last]; `from` bounds the index scan (first - longest span). */
+      resInBlocks: db.prepare<{ link: string; from: number; first: number; last: number }, ReservationRow>(
+        `SELECT * FROM reservations WHERE link = @link AND first_block IS NOT NULL
+           AND first_block BETWEEN @from AND @last AND last_block >= @first AND state != 'voided'`,
+      ),
+      discardAdd: db.prepare('INSERT INTO discarded (link, first_block, last_block) VALUES (?, ?, ?)'),
+      discardList: db.prepare<[string], { first_block: number; last_block: number }>('SELECT first_block, last_block FROM discarded WHERE link = ?'),
+      blocksInRange: db.prepare<[string, number, number], { block_id: number }>('SELECT block_id FROM blocks WHERE link = ? AND block_id BETWEEN ? AND ?'),
       keyPut: db.prepare('INSERT INTO keys (key_id, rid, master, slaves, sealed, expires_at) VALUES (?, ?, ?, ?, ?, ?)'),
       keyGet: db.prepare<[string], KeyRow>('SELECT * FROM keys WHERE key_id = ?'),
       keyFetched: db.prepare('UPDATE keys SET fetched = ? WHERE key_id = ?'),

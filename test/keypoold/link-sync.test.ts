@@ -103,7 +103,7 @@ function carvePending(n: Node): { res: PeerReservation; material: Buffer[] } {
     };
     n.store.s.resPut.run({
       rid: res.rid, link: LINK, role: 'owner', state: 'pending', master: res.master, slaves: '["SAE_B1"]',
-      key_ids: JSON.stringify(res.key_ids), size: 256, expires_at: res.expires_at, created_at: Date.now() - 10_000, peer_acked: 1,
+      key_ids: JSON.stringify(res.key_ids), size: 256, expires_at: res.expires_at, created_at: Date.now() - 10_000, peer_acked: 1, first_block: c.slices[0]![0]![0], last_block: c.slices[0]![0]![0],
     });
     return { res, material: c.material };
   })();
@@ -189,5 +189,32 @@ describe('LinkSync over the KME-to-KME channel', () => {
     await B.sync.onVoid([rid.rid]);
     expect(state(B, rid.rid)!.state).toBe('committed');
     expect(keys).toHaveLength(2);
+  });
+
+  it('an alarm at one end discards the blocks and voids their reservations at both ends', async () => {
+    const keys = await A.sync.request(req); // carved from block 0
+    expect(B.store.s.keyGet.get(keys[0]!.keyId)).toBeDefined();
+    await A.sync.onModuleAlarm(0, 3, 'eavesdropping');
+    // the peer hears it over the channel
+    for (let i = 0; i < 50 && B.store.s.keyGet.get(keys[0]!.keyId); i++) await new Promise((r) => setTimeout(r, 20));
+    expect(B.store.s.keyGet.get(keys[0]!.keyId)).toBeUndefined();
+    for (const n of [A, B]) {
+      expect(n.store.s.blocksInRange.all(LINK, 0, 3)).toEqual([]);
+      expect(n.store.db.prepare("SELECT count(*) AS c FROM reservations WHERE state != 'voided'").get()).toEqual({ c: 0 });
+    }
+    // new keys come from blocks after the range only
+    const next = await A.sync.request(req);
+    const rid = A.store.db.prepare("SELECT first_block FROM reservations WHERE state = 'committed' OR state = 'pending'").all() as Array<{ first_block: number }>;
+    expect(next).toHaveLength(2);
+    expect(rid.every((r) => r.first_block > 3)).toBe(true);
+  });
+
+  it('blocks an alarm names before they arrive are never stored', async () => {
+    await A.sync.applyAlarm(9, 10, 'qber_threshold', 'module');
+    const sim = new SimQkdModule({ linkId: LINK, moduleId: 'm', seed: Buffer.alloc(32, 9), rateBps: 1e6, blockBits: 2048, epochMs: 0, clock: systemClock });
+    A.store.db.transaction(() => A.pool.ingest([8, 9, 10, 11].map((i) => ({ blockId: i, bits: 2048, material: sim.material(i) }))))();
+    expect(A.pool.highWater()).toBe(11);
+    expect(A.store.s.blocksInRange.all(LINK, 8, 11).map((b) => b.block_id)).toEqual([8, 11]);
+    await expect(A.sync.applyAlarm(5, 2, 'x', 'peer')).rejects.toMatchObject({ code: 'BAD_REQUEST' });
   });
 });
