@@ -32,6 +32,58 @@ export const limitsSchema = z
     message: 'key sizes must be multiples of 8',
   });
 
+/** How the driver talks to the module: timeouts, credit window, reconnect backoff. */
+const driverTuning = {
+  /** Blocks the module may send ahead of what is stored (flow-control credit). */
+  window: z.number().int().positive().max(4096).default(64),
+  /** No answer to a request within this: the driver retries, then reconnects. */
+  timeout_ms: z.number().int().positive().default(2000),
+  /** How often the link status is polled. */
+  status_poll_ms: z.number().int().positive().default(1000),
+  reconnect_initial_ms: z.number().int().positive().default(200),
+  reconnect_max_ms: z.number().int().positive().default(30_000),
+};
+
+/** A module on a serial line (RS-232/USB-serial), speaking drivers/qkd/PROTOCOL.md. */
+export const serialQkdSchema = z
+  .object({
+    driver: z.literal('serial'),
+    path: z.string().min(1),
+    baud_rate: z.number().int().positive().default(115200),
+    /** Hardware (RTS/CTS) flow control. */
+    rtscts: z.boolean().default(false),
+    ...driverTuning,
+  })
+  .strict();
+
+/** A module reachable over TCP or a Unix socket (network-attached modules, the simulator). */
+export const socketQkdSchema = z
+  .object({
+    driver: z.literal('socket'),
+    path: z.string().min(1).optional(),
+    host: z.string().min(1).optional(),
+    port: z.number().int().min(1).max(65535).optional(),
+    ...driverTuning,
+  })
+  .strict()
+  .refine((s) => (s.path !== undefined) !== (s.host !== undefined && s.port !== undefined), {
+    message: 'give either path, or host and port',
+  });
+
+/** A module on USB HID. */
+export const hidQkdSchema = z
+  .object({
+    driver: z.literal('hid'),
+    vendor_id: z.number().int().min(0).max(0xffff),
+    product_id: z.number().int().min(0).max(0xffff),
+    /** A hidraw path, to pick one of several identical modules. */
+    path: z.string().min(1).optional(),
+    report_size: z.number().int().min(8).max(1024).default(64),
+    ...driverTuning,
+  })
+  .strict();
+
+/** The in-process simulator (tests and benchmarks; the demo runs the simulator as its own process). */
 export const simQkdSchema = z
   .object({
     driver: z.literal('sim'),
@@ -52,7 +104,7 @@ export const linkSchema = z
     peer_kme_id: entityId,
     /** Base URL of the peer keypoold's KME-to-KME listener. */
     peer_url: z.string().url(),
-    qkd: simQkdSchema,
+    qkd: z.union([simQkdSchema, serialQkdSchema, socketQkdSchema, hidQkdSchema]),
   })
   .strict();
 
@@ -119,6 +171,7 @@ export const nodeConfigSchema = z
 export type NodeConfig = z.infer<typeof nodeConfigSchema>;
 export type Limits = NodeConfig['limits'];
 export type LinkConfig = z.infer<typeof linkSchema>;
+export type QkdConfig = LinkConfig['qkd'];
 export type IdentityConfig = z.infer<typeof identitySchema>;
 
 export class ConfigError extends Error {
@@ -142,8 +195,21 @@ export function parseConfig(raw: unknown, baseDir: string): NodeConfig {
     api: { ...c.api, tls: mapTls(c.api.tls, abs) },
     peer: { ...c.peer, tls: mapTls(c.peer.tls, abs) },
     master_key: { ...c.master_key, path: abs(c.master_key.path) },
-    links: c.links.map((l) => ({ ...l, qkd: { ...l.qkd, seed_file: abs(l.qkd.seed_file) } })),
+    links: c.links.map((l) => ({ ...l, qkd: resolveQkdPaths(l.qkd, abs) })),
   };
+}
+
+function resolveQkdPaths(q: QkdConfig, abs: (p: string) => string): QkdConfig {
+  switch (q.driver) {
+    case 'sim':
+      return { ...q, seed_file: abs(q.seed_file) };
+    case 'serial':
+      return { ...q, path: abs(q.path) };
+    case 'socket':
+      return q.path === undefined ? q : { ...q, path: abs(q.path) };
+    case 'hid':
+      return q;
+  }
 }
 
 function mapTls(t: z.infer<typeof tlsFiles>, abs: (p: string) => string) {

@@ -160,6 +160,7 @@ function describe(configs: NodeConfig[], configFiles: string[], pki: DemoPki, sh
     };
   });
   const first = configs[0]!.links[0]!;
+  if (first.qkd.driver !== 'sim') throw new ConfigError(`${configFiles[0]}: the demo link must use the simulator`);
   return {
     ca_cert: show(pki.ca.cert),
     ca_key: show(pki.ca.key),

@@ -67,6 +67,23 @@ export interface PoolOps {
   whoami: { args: { caller: string }; result: { registered: boolean } };
   /** Liveness and a short health summary for tools. */
   health: { args: Record<string, never>; result: HealthResult };
+  /** Per-link diagnostics: module driver state and counters, pool, peer. */
+  diag: { args: Record<string, never>; result: DiagResult };
+}
+
+export interface DiagResult {
+  kme_id: string;
+  links: Array<{
+    link_id: string;
+    peer_kme_id: string;
+    peer_reachable: boolean;
+    peer_high_water: number;
+    high_water: number;
+    blocks: number;
+    stored_bits: number;
+    owned_available_bits: number;
+    module: { state: string; status: Record<string, unknown>; counters: Record<string, number> };
+  }>;
 }
 
 export interface HealthResult {

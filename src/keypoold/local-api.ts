@@ -4,13 +4,18 @@
  * too (maintenance tools speak it).
  */
 import { badRequest } from '../common/errors.js';
-import type { DecKeysArgs, EncKeysArgs, StatusArgs } from '../ipc/pool-protocol.js';
+import type { DecKeysArgs, DiagResult, EncKeysArgs, StatusArgs } from '../ipc/pool-protocol.js';
 import type { KeyService } from './key-service.js';
 
 const isStr = (v: unknown): v is string => typeof v === 'string' && v.length > 0;
 const isStrArray = (v: unknown): v is string[] => Array.isArray(v) && v.every(isStr);
 
-export async function dispatchPoolOp(service: KeyService, op: string, raw: unknown): Promise<unknown> {
+export interface LocalApiDeps {
+  service: KeyService;
+  diag: () => Promise<DiagResult>;
+}
+
+export async function dispatchPoolOp({ service, diag }: LocalApiDeps, op: string, raw: unknown): Promise<unknown> {
   const a = (raw ?? {}) as Record<string, unknown>;
   switch (op) {
     case 'status':
@@ -29,6 +34,8 @@ export async function dispatchPoolOp(service: KeyService, op: string, raw: unkno
       return { registered: service.isRegisteredHere(a.caller) };
     case 'health':
       return service.health();
+    case 'diag':
+      return diag();
     default:
       throw badRequest(`unknown operation ${op}`);
   }

@@ -9,8 +9,8 @@ import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConfigError, configPathFromArgv, loadConfig, type NodeConfig } from '../common/config.js';
 import { createLogger, type Logger } from '../common/logger.js';
-import { systemClock } from '../../drivers/types.js';
-import { SimQkdModule } from '../../drivers/sim/sim-module.js';
+import { systemClock, type QkdModuleDriver } from '../../drivers/types.js';
+import { createModuleDriver } from './module-driver.js';
 import { serveNdjson } from '../ipc/ndjson-server.js';
 import { FileMasterKeyProvider, MasterKeyError } from './master-key.js';
 import { openDb, Store } from './store.js';
@@ -25,6 +25,7 @@ import { runIngest } from './ingest.js';
 import { KeyService } from './key-service.js';
 import { openDataKey } from './data-key.js';
 import { dispatchPoolOp } from './local-api.js';
+import { linkDiagnostics } from './diagnostics.js';
 
 const MAINTAIN_MS = 1000;
 const SWEEP_MS = 1000;
@@ -107,6 +108,7 @@ async function start(cfg: NodeConfig, logger: Logger, signal: AbortSignal, clean
   const peerTls = { cert: readFileSync(cfg.peer.tls.cert), key: readFileSync(cfg.peer.tls.key), ca: readFileSync(cfg.peer.tls.ca) };
   const links = new Map<string, { sync: LinkSync; pool: LinkPool }>();
   const byLinkId = new Map<string, LinkSync>();
+  const drivers = new Map<string, QkdModuleDriver>();
   for (const l of cfg.links) {
     const pool = new LinkPool(
       { linkId: l.link_id, myKmeId: cfg.kme_id, peerKmeId: l.peer_kme_id, capacityBits: 2 * cfg.limits.max_key_count * cfg.limits.default_key_size },
@@ -118,19 +120,22 @@ async function start(cfg: NodeConfig, logger: Logger, signal: AbortSignal, clean
     const sync = new LinkSync({ pool, store, batcher, client, registry, clock, logger, ttlMs, skewMs: graceMs, peerTimeoutMs: cfg.peer.timeout_ms, myKmeId: cfg.kme_id });
     links.set(l.peer_kme_id, { sync, pool });
     byLinkId.set(l.link_id, sync);
-    const seed = Buffer.from(readFileSync(l.qkd.seed_file, 'utf8').trim(), 'hex');
-    const driver = new SimQkdModule({
-      linkId: l.link_id, moduleId: `${cfg.kme_id}/${l.link_id}`, seed, rateBps: l.qkd.rate_bps,
-      blockBits: l.qkd.block_bits, epochMs: l.qkd.epoch_ms, clock,
+    const driver = createModuleDriver(l, cfg.kme_id, clock, logger);
+    drivers.set(l.link_id, driver);
+    driver.onAlarm?.((a) => {
+      sync.onModuleAlarm(a.firstBlockId, a.lastBlockId, a.kind).catch((e) =>
+        logger.error({ link: l.link_id, err: (e as Error).message }, 'could not apply an alarm'),
+      );
     });
-    seed.fill(0);
-    await driver.open();
+    driver.onStateChange?.((state, cause) => logger.info({ link: l.link_id, state, cause: cause?.message }, 'QKD module driver state'));
+    await driver.open().catch((e) => logger.error({ link: l.link_id, err: (e as Error).message }, 'QKD module not ready yet; the driver keeps trying'));
     cleanups.push(() => driver.close());
     const ingesting = runIngest({ driver, pool, batcher, clock, logger }, signal);
     cleanups.push(() => ingesting);
   }
 
   const service = new KeyService({ kmeId: cfg.kme_id, limits: cfg.limits, ttlMs, graceMs, registry, store, sealer, batcher, links, clock, logger });
+  const diag = () => linkDiagnostics(cfg.kme_id, [...links.values()].map((l) => ({ ...l, driver: drivers.get(l.sync.linkId)! })));
 
   const peerServer = await startPeerServer({ host: cfg.peer.host, port: cfg.peer.port, tls: peerTls, links: byLinkId, logger });
   cleanups.push(() => peerServer.close());
@@ -152,7 +157,7 @@ async function start(cfg: NodeConfig, logger: Logger, signal: AbortSignal, clean
   // Fold the WAL back into the store and truncate it, so copies of erased records do not linger there.
   every(CHECKPOINT_MS, async () => void store.db.pragma('wal_checkpoint(TRUNCATE)'));
 
-  const ipc = await serveNdjson({ path: cfg.keypoold.socket, handler: (op, args) => dispatchPoolOp(service, op, args), logger });
+  const ipc = await serveNdjson({ path: cfg.keypoold.socket, handler: (op, args) => dispatchPoolOp({ service, diag }, op, args), logger });
   cleanups.push(() => ipc.close());
   logger.info({ kme_id: cfg.kme_id, socket: cfg.keypoold.socket, peer_port: cfg.peer.port, links: cfg.links.length }, 'ready');
 }

@@ -7,6 +7,8 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { NdjsonPoolClient } from '../../src/ipc/ndjson-client.js';
+import { silentLogger } from '../../src/common/logger.js';
 import { DemoNet, startDemoNet } from '../helpers/demo-net.js';
 
 let net: DemoNet;
@@ -152,6 +154,23 @@ describe('two-node demo network', () => {
     await net.startProc('KME_B', 'kme-keypoold');
     await net.waitForStock('SAE_A1', 'SAE_B1', 5);
     await roundTrip('SAE_A1', 'SAE_B1');
+  });
+
+  it('reports each link for technicians through the local API (diag), without key material', async () => {
+    const client = new NdjsonPoolClient({ path: net.path(net.node('KME_A').keypoold_socket), logger: silentLogger() });
+    try {
+      const d = await client.call('diag', {});
+      expect(d.kme_id).toBe('KME_A');
+      expect(d.links).toHaveLength(1);
+      const l = d.links[0]!;
+      expect(l).toMatchObject({ link_id: 'KME_A-KME_B', peer_kme_id: 'KME_B', peer_reachable: true });
+      expect(l.module.state).toBe('ready');
+      expect(l.high_water).toBeGreaterThan(0);
+      expect(l.owned_available_bits).toBeGreaterThan(0);
+      expect(JSON.stringify(d)).not.toMatch(/material|"key"/);
+    } finally {
+      await client.close();
+    }
   });
 
   it('keeps no key bytes in plaintext under the state folders and writes none to the logs', async () => {
