@@ -36,8 +36,6 @@ const CLIENTS = 16;
 const WARMUP_MS = 1_000;
 /** Simulated secret key rate: enough to refill what 5,000 enc_keys/s consume, in both directions. */
 const RATE_BPS = 4_000_000;
-/** The simulated link started this long before the bench, so its backlog stocks the pools at once. */
-const BACKLOG_MS = 120_000;
 const KEY_BITS = 256;
 /** Upper bound on the enc rate we plan keys for; the enc phase stops if it uses them all. */
 const PLANNED_MAX_ENC_RPS = 5_000;
@@ -74,15 +72,6 @@ let measuring = false;
 let interrupted = false;
 const logIssues: string[] = [];
 let logIssueCount = 0;
-
-/** Move the simulated link's epoch back in both nodes' configs, so blocks are waiting when they start. */
-function backdateLinkEpoch(configFiles: string[], epochMs: number): void {
-  for (const f of configFiles) {
-    const cfg = JSON.parse(readFileSync(f, 'utf8')) as { links: Array<{ qkd: { epoch_ms: number } }> };
-    for (const l of cfg.links) l.qkd.epoch_ms = epochMs;
-    writeFileSync(f, JSON.stringify(cfg, null, 2));
-  }
-}
 
 /** BENCH_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") is given to every server process, for profiling. */
 const extraNodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
@@ -301,7 +290,10 @@ function hostPort(etsiUrl: string): { host: string; port: number } {
 // ---------------------------------------------------------------- steps
 
 async function startNetwork(desc: DemoDescription): Promise<void> {
-  // keypoold of both nodes first (kme-api talks to it), then both kme-api.
+  // The simulated QKD link, then keypoold of both nodes (kme-api talks to it), then both kme-api.
+  const sim = start(desc.qkd_sim.argv, desc.qkd_sim.name, 'qkd-sim', true);
+  const simReady = desc.qkd_sim.ready;
+  await sim.waitUntilReady('unix_socket' in simReady ? { unix_socket: abs(simReady.unix_socket) } : simReady, READY_TIMEOUT_MS);
   for (const stage of ['kme-keypoold', 'kme-api'] as const) {
     const started: Array<{ proc: ManagedProcess; ready: ReadyTarget }> = [];
     for (const node of desc.nodes) {
@@ -519,7 +511,6 @@ async function bench(): Promise<number> {
   out(`preparing a demo network in ${tempDir} (API ports ${apiA}/${apiB}, peer ports ${peerA}/${peerB}, ${RATE_BPS / 1e6} Mbit/s)`);
   const desc = await prepareDemo(ROOT, { dir: tempDir, apiPorts: [apiA!, apiB!], peerPorts: [peerA!, peerB!], rateBps: RATE_BPS });
   for (const n of desc.notes) out(`  note: ${n}`);
-  backdateLinkEpoch(desc.nodes.map((n) => abs(n.config)), Date.now() - BACKLOG_MS);
   for (const node of desc.nodes) {
     // A keypoold socket too long for its node folder lives in a folder of its own under the OS temp folder.
     const sock = abs(node.keypoold_socket);

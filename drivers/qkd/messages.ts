@@ -10,6 +10,15 @@
 
 export const PROTOCOL_VERSION = 1;
 
+/**
+ * The version byte of every frame header: the framing (header, trailer, CRC)
+ * version, distinct from the message-set version carried in HELLO/IDENTIFY.
+ * It changes only if the header or trailer layout changes, so that peers of
+ * different message-set versions can still exchange HELLO, IDENTIFY and ERROR
+ * (whose payloads are frozen across versions) and fail with a clear error.
+ */
+export const FRAME_VERSION = 1;
+
 /** Start-of-frame marker ("QK"). */
 export const SOF = 0x514b;
 /** Header: SOF(2) version(1) type(1) seq(4) length(4). Trailer: CRC-32C(4). */
@@ -29,6 +38,8 @@ export const MsgType = {
   ACK: 0x04,
   RESEND: 0x05,
   RESET: 0x06,
+  /** Added to v1 with the protocol document: the host confirms an ALARM so the module stops repeating it. */
+  ALARM_ACK: 0x07,
   // module -> host
   IDENTIFY: 0x81,
   LINK_STATUS: 0x82,
@@ -45,6 +56,22 @@ export const AlarmKind = {
   EAVESDROPPING: 2,
 } as const;
 
+/** Codes of the ERROR message (u16). */
+export const ErrorCode = {
+  /** The other side's protocol (message-set) version is not supported. */
+  UNSUPPORTED_VERSION: 1,
+  /** A frame of an unknown message type arrived (it was dropped). */
+  UNKNOWN_TYPE: 2,
+  /** A frame with a valid CRC had a malformed payload (it was dropped). */
+  BAD_PAYLOAD: 3,
+  /** The message is not valid in the current session state (e.g. CREDIT before HELLO). */
+  BAD_STATE: 4,
+  /** RESEND asked for blocks the module no longer holds; the host must restart from IDENTIFY.firstBlockId. */
+  BLOCKS_GONE: 5,
+  /** Anything else inside the module. */
+  INTERNAL: 6,
+} as const;
+
 export type Message =
   /** Opens a session; the module answers IDENTIFY. */
   | { type: 'hello'; hostVersion: number; hostId: string }
@@ -58,6 +85,8 @@ export type Message =
   | { type: 'resend'; fromBlockId: number }
   /** Drop the session; the module answers IDENTIFY again after restarting it. */
   | { type: 'reset' }
+  /** The host has taken the ALARM for blocks [firstBlockId, lastBlockId]; the module stops repeating it. */
+  | { type: 'alarm_ack'; firstBlockId: number; lastBlockId: number }
   | {
       type: 'identify';
       protocolVersion: number;

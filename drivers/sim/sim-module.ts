@@ -5,8 +5,8 @@
  * Block n becomes available at `epochMs + (n + 1) * blockPeriod`, which gives
  * the configured secret key rate. Not a source of secrecy: a simulator.
  */
-import { createCipheriv } from 'node:crypto';
 import type { Clock, DriverState, KeyBlock, QkdModuleDriver, QkdModuleInfo } from '../types.js';
+import { blockMaterial } from './material.js';
 
 export interface SimModuleOptions {
   linkId: string;
@@ -62,12 +62,7 @@ export class SimQkdModule implements QkdModuleDriver {
 
   /** The material of block `id`: deterministic in (seed, id). */
   material(id: number): Buffer {
-    const iv = Buffer.alloc(16);
-    iv.writeBigUInt64BE(BigInt(id), 0);
-    const c = createCipheriv('aes-256-ctr', this.#opts.seed, iv);
-    const out = c.update(Buffer.alloc(this.#opts.blockBits / 8));
-    c.final();
-    return out;
+    return blockMaterial(this.#opts.seed, id, this.#opts.blockBits);
   }
 
   async *blocks(fromId: number, signal?: AbortSignal): AsyncIterable<KeyBlock[]> {

@@ -39,6 +39,8 @@ export interface DemoNode {
 export interface DemoLink {
   link_id: string;
   kme_ids: [string, string];
+  /** Each KME's end of its module (a pty made by the simulator). */
+  module_devices: [string, string];
   seed_file: string;
   rate_bps: number;
   epoch_ms: number;
@@ -51,6 +53,18 @@ export interface DemoJson {
   /** CA that SAEs use to verify the ETSI API servers (same as ca_cert in the demo). */
   api_ca_cert: string;
   links: DemoLink[];
+  /** The simulated QKD link, a process of its own. */
+  qkd_sim: DemoSim;
+}
+
+export interface DemoSim {
+  name: 'qkd-sim';
+  /** Starts the simulator (run from the root). */
+  argv: string[];
+  ready: DemoReadiness;
+  /** Injects a fault: append a fault name and a duration in seconds (`link-down 5`); or `status`. */
+  control: string[];
+  config: string;
 }
 
 /** What prepareDemo returns: demo.json's content plus where it is and what this run did. */

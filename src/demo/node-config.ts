@@ -23,10 +23,8 @@ export interface NodeConfigInput {
     link_id: string;
     peer_kme_id: string;
     peer_port: number;
-    /** Absolute path of the shared seed file. */
-    seed_file: string;
-    rate_bps: number;
-    epoch_ms: number;
+    /** Absolute path of the QKD module's serial device (the KME end of the simulator's pty pair). */
+    module_path: string;
   };
 }
 
@@ -68,13 +66,7 @@ export function buildNodeConfig(c: NodeConfigInput): Record<string, unknown> {
         link_id: c.link.link_id,
         peer_kme_id: c.link.peer_kme_id,
         peer_url: `https://${DEMO_HOST}:${c.link.peer_port}`,
-        qkd: {
-          driver: 'sim',
-          seed_file: rel(c.link.seed_file),
-          rate_bps: c.link.rate_bps,
-          block_bits: 8192,
-          epoch_ms: c.link.epoch_ms,
-        },
+        qkd: { driver: 'serial', path: rel(c.link.module_path), baud_rate: 115200 },
       },
     ],
     log_level: 'info',

@@ -13,6 +13,8 @@ import { ConfigError, parseConfig, type NodeConfig } from '../common/config.js';
 import type { DemoDescription, DemoJson, DemoNode } from './description.js';
 import { ensureDir, isInside, readIfExists, SECRET_MODE, writeFileDurable, type FileLog } from './files.js';
 import { buildNodeConfig, buildRegistry } from './node-config.js';
+import { buildSimConfig } from './sim-config.js';
+import { parseSimConfig, type SimConfig } from '../../drivers/sim/config.js';
 import { ensureDemoPki, type DemoPki } from './pki.js';
 import {
   DEFAULT_API_PORTS,
@@ -60,7 +62,9 @@ export async function prepareDemo(root: string, opts: PrepareOptions = {}): Prom
 
   const configFiles = DEMO_NODES.map((n) => join(dir, n.kme_id, 'config.json'));
   const existing = configFiles.map(readExistingConfig);
-  const epochMs = sharedEpoch(existing, link, notes) ?? Date.now();
+  const modulePaths = DEMO_NODES.map((n) => join(dir, n.kme_id, 'qkd0'));
+  const sim = ensureSimConfig(dir, link, seedFile, rateBps, sharedEpoch(existing, link, notes), modulePaths, log);
+  ensureDir(dirname(sim.config.control.path), 0o700);
 
   const configs: NodeConfig[] = DEMO_NODES.map((n, i) => {
     const other = DEMO_NODES[1 - i]!;
@@ -90,9 +94,7 @@ export async function prepareDemo(root: string, opts: PrepareOptions = {}): Prom
           link_id: link,
           peer_kme_id: other.kme_id,
           peer_port: peerPorts[1 - i]!,
-          seed_file: seedFile,
-          rate_bps: rateBps,
-          epoch_ms: epochMs,
+          module_path: modulePaths[i]!,
         },
       });
       config = checkedConfig(fresh, configFiles[i]!);
@@ -112,7 +114,7 @@ export async function prepareDemo(root: string, opts: PrepareOptions = {}): Prom
   });
 
   const show = (p: string) => (isInside(absRoot, p) ? relative(absRoot, p) || '.' : p);
-  const json = describe(configs, configFiles, pki, show);
+  const json = describe(configs, configFiles, pki, sim, show);
   const file = join(dir, 'demo.json');
   const text = JSON.stringify(json, null, 2) + '\n';
   if (readIfExists(file) !== text) {
@@ -124,7 +126,7 @@ export async function prepareDemo(root: string, opts: PrepareOptions = {}): Prom
   return { ...json, root: absRoot, dir, file, written: log.written, reused: log.reused, notes };
 }
 
-function describe(configs: NodeConfig[], configFiles: string[], pki: DemoPki, show: (p: string) => string): DemoJson {
+function describe(configs: NodeConfig[], configFiles: string[], pki: DemoPki, sim: DemoSimFiles, show: (p: string) => string): DemoJson {
   const nodes: DemoNode[] = configs.map((c, i) => {
     const spec = DEMO_NODES.find((n) => n.kme_id === c.kme_id)!;
     const configArgs = ['--config', show(configFiles[i]!)];
@@ -160,7 +162,10 @@ function describe(configs: NodeConfig[], configFiles: string[], pki: DemoPki, sh
     };
   });
   const first = configs[0]!.links[0]!;
-  if (first.qkd.driver !== 'sim') throw new ConfigError(`${configFiles[0]}: the demo link must use the simulator`);
+  const device = (c: NodeConfig) => {
+    const q = c.links[0]!.qkd;
+    return show(q.driver === 'serial' || (q.driver === 'socket' && q.path) ? q.path! : `(${q.driver})`);
+  };
   return {
     ca_cert: show(pki.ca.cert),
     ca_key: show(pki.ca.key),
@@ -170,11 +175,19 @@ function describe(configs: NodeConfig[], configFiles: string[], pki: DemoPki, sh
       {
         link_id: first.link_id,
         kme_ids: [configs[0]!.kme_id, configs[1]!.kme_id],
-        seed_file: show(first.qkd.seed_file),
-        rate_bps: first.qkd.rate_bps,
-        epoch_ms: first.qkd.epoch_ms,
+        module_devices: [device(configs[0]!), device(configs[1]!)],
+        seed_file: show(sim.config.seed_file),
+        rate_bps: sim.config.rate_bps,
+        epoch_ms: sim.config.epoch_ms,
       },
     ],
+    qkd_sim: {
+      name: 'qkd-sim',
+      argv: ['node', 'dist/drivers/sim/main.js', '--config', show(sim.file)],
+      ready: { unix_socket: show(sim.config.control.path) },
+      control: ['node', 'dist/drivers/sim/control.js', '--socket', show(sim.config.control.path)],
+      config: show(sim.file),
+    },
   };
 }
 
@@ -230,11 +243,45 @@ function checkedConfig(raw: unknown, path: string): NodeConfig {
   }
 }
 
-/** The epoch both ends already agree on, if any node config exists. */
+interface DemoSimFiles {
+  file: string;
+  config: SimConfig;
+}
+
+/** qkd-sim/sim.json: written once, then kept (its epoch fixes the block ids of the link). */
+function ensureSimConfig(
+  dir: string, link: string, seedFile: string, rateBps: number, epochFromNodes: number | undefined,
+  modulePaths: string[], log: FileLog,
+): DemoSimFiles {
+  const simDir = join(dir, 'qkd-sim');
+  ensureDir(simDir, 0o700);
+  const file = join(simDir, 'sim.json');
+  let text = readIfExists(file);
+  if (text === undefined) {
+    const raw = buildSimConfig({
+      demoDir: dir, simDir, linkId: link, seedFile, rateBps, epochMs: epochFromNodes ?? Date.now(),
+      controlPath: socketPath(dir, simDir, 'qkd-sim-control'),
+      modules: DEMO_NODES.map((n, i) => ({ kmeId: n.kme_id, moduleId: `SIM-${n.kme_id}`, ptyLink: modulePaths[i]! })),
+    });
+    text = JSON.stringify(raw, null, 2) + '\n';
+    writeFileDurable(file, text);
+    log.written.push(file);
+  } else {
+    log.reused.push(file);
+  }
+  try {
+    return { file, config: parseSimConfig(JSON.parse(text), simDir) };
+  } catch (e) {
+    throw new ConfigError(`${file}: ${(e as Error).message}\nfix it, or delete it to have it written again`);
+  }
+}
+
+/** The epoch both ends already agree on, if any node config exists (configs of an older demo). */
 function sharedEpoch(existing: unknown[], link: string, notes: string[]): number | undefined {
   const epochs = existing.flatMap((raw) => {
     const links = (raw as { links?: Array<{ link_id?: string; qkd?: { epoch_ms?: unknown } }> } | undefined)?.links;
     const l = Array.isArray(links) ? links.find((x) => x?.link_id === link) : undefined;
+    // Only configs that ran the simulator in-process carry an epoch.
     return typeof l?.qkd?.epoch_ms === 'number' ? [l.qkd.epoch_ms] : [];
   });
   if (new Set(epochs).size > 1) {
@@ -247,13 +294,13 @@ function sharedEpoch(existing: unknown[], link: string, notes: string[]): number
  * <node>/keypoold.sock, unless that absolute path is too long for a Unix
  * socket; then a per-demo folder under the OS temp folder.
  */
-function socketPath(demoDir: string, nodeDir: string, kmeId: string): string {
-  const preferred = join(nodeDir, 'keypoold.sock');
+function socketPath(demoDir: string, nodeDir: string, name: string): string {
+  const preferred = join(nodeDir, name === 'qkd-sim-control' ? 'control.sock' : 'keypoold.sock');
   if (Buffer.byteLength(preferred) <= MAX_SOCKET_PATH_BYTES) return preferred;
   const tag = createHash('sha256').update(demoDir).digest('hex').slice(0, 12);
-  const fallback = join(tmpdir(), `kme-demo-${tag}`, `${kmeId}.sock`);
+  const fallback = join(tmpdir(), `kme-demo-${tag}`, `${name}.sock`);
   if (Buffer.byteLength(fallback) > MAX_SOCKET_PATH_BYTES) {
-    throw new Error(`no short enough path for the ${kmeId} keypoold socket (tried ${preferred} and ${fallback})`);
+    throw new Error(`no short enough path for the ${name} socket (tried ${preferred} and ${fallback})`);
   }
   return fallback;
 }

@@ -90,6 +90,22 @@ export class DemoNet {
     await p.waitUntilReady(ready, 20_000);
   }
 
+  /** The simulated QKD link process. */
+  async startSim(): Promise<void> {
+    const s = this.demo.qkd_sim;
+    const p = startProcess(s.argv, { cwd: this.demo.root, name: s.name });
+    this.procs.set(s.name, p);
+    await p.waitUntilReady('unix_socket' in s.ready ? { unix_socket: this.path(s.ready.unix_socket) } : s.ready, 20_000);
+  }
+
+  /** Inject a fault into the running simulator (`link-down`, 5) and return what the control command printed. */
+  async fault(name: string, seconds: number): Promise<string> {
+    const p = startProcess([...this.demo.qkd_sim.control, name, String(seconds)], { cwd: this.demo.root, name: `fault ${name}` });
+    const exit = await p.waitForExit(10_000);
+    if (exit.code !== 0) throw new Error(`fault ${name} failed: ${p.describeExit()}`);
+    return p.output('stdout').join('\n');
+  }
+
   async restart(kmeId: string, name: 'kme-keypoold' | 'kme-api', signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
     await this.proc(kmeId, name).stop({ signal, graceMs: 5000 });
     await this.startProc(kmeId, name);
@@ -141,13 +157,15 @@ export interface StartOptions {
   rateBps?: number;
   /** Edit each node's config.json before the first start. */
   patchConfig?: (cfg: any, kmeId: string) => void;
+  /** Edit the simulator's sim.json before the first start. */
+  patchSim?: (cfg: any) => void;
   start?: boolean;
 }
 
 export async function startDemoNet(opts: StartOptions = {}): Promise<DemoNet> {
   const dir = mkdtempSync(join(tmpdir(), 'kme-e2e-'));
   const [a1, a2, p1, p2] = await freePorts(4);
-  const demo = await prepareDemo(repoRoot, { dir, apiPorts: [a1!, a2!], peerPorts: [p1!, p2!], rateBps: opts.rateBps ?? 20_000_000 });
+  const demo = await prepareDemo(repoRoot, { dir, apiPorts: [a1!, a2!], peerPorts: [p1!, p2!], rateBps: opts.rateBps ?? 4_000_000 });
   const net = new DemoNet(demo, dir);
   if (opts.patchConfig) {
     for (const n of demo.nodes) {
@@ -157,8 +175,15 @@ export async function startDemoNet(opts: StartOptions = {}): Promise<DemoNet> {
       writeFileSync(f, JSON.stringify(cfg, null, 2));
     }
   }
+  if (opts.patchSim) {
+    const f = net.path(demo.qkd_sim.config);
+    const cfg = JSON.parse(readFileSync(f, 'utf8'));
+    opts.patchSim(cfg);
+    writeFileSync(f, JSON.stringify(cfg, null, 2));
+  }
   if (opts.start !== false) {
     try {
+      await net.startSim();
       for (const n of demo.nodes) await net.startProc(n.kme_id, 'kme-keypoold');
       for (const n of demo.nodes) await net.startProc(n.kme_id, 'kme-api');
     } catch (e) {
