@@ -19,7 +19,7 @@ export interface SimConfigInput {
   modules: Array<{ kmeId: string; moduleId: string; ptyLink: string }>;
 }
 
-export const DEMO_BLOCK_BITS = 8192;
+export const DEMO_BLOCK_BITS = 65536;
 /** Blocks a module holds unacknowledged (a minute at the demo's 1 Mbit/s). */
 export const DEMO_BUFFER_BLOCKS = 8192;
 

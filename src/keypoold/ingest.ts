@@ -20,6 +20,7 @@ export interface IngestDeps {
 
 export async function runIngest(d: IngestDeps, signal: AbortSignal): Promise<void> {
   const pollMs = d.fullPollMs ?? 250;
+  let lastCheck = -Infinity;
   while (!signal.aborted) {
     try {
       for await (const batch of d.driver.blocks(d.pool.highWater() + 1, signal)) {
@@ -29,7 +30,12 @@ export async function runIngest(d: IngestDeps, signal: AbortSignal): Promise<voi
         } finally {
           for (const b of batch) b.material.fill(0);
         }
-        while (!signal.aborted && d.pool.isFull()) await d.clock.sleep(pollMs, signal);
+        // Counting the pool is a scan: look at most every pollMs while blocks flow.
+        const now = d.clock.now();
+        if (now - lastCheck >= pollMs) {
+          lastCheck = now;
+          while (!signal.aborted && d.pool.isFull()) await d.clock.sleep(pollMs, signal);
+        }
       }
     } catch (e) {
       if (signal.aborted) return;
