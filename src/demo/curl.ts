@@ -1,4 +1,4 @@
-/** Copy-paste curl commands for a first key round trip through the demo network. */
+/** Copy-paste commands for the demo network: curl lines for a first key round trip, and a fault injection. */
 import type { DemoJson, DemoNode } from './description.js';
 
 export function curlExamples(demo: DemoJson, master = 'SAE_A1', slave = 'SAE_B1'): string[] {
@@ -26,6 +26,15 @@ export function curlExamples(demo: DemoJson, master = 'SAE_A1', slave = 'SAE_B1'
     `# the same key at ${s.node.kme_id}, fetched by ${slave} (replace KEY_ID with the key_ID above):`,
     curl(s, s.node, master, 'dec_keys?key_ID=KEY_ID'),
   ];
+}
+
+/**
+ * One copy-paste line that injects a fault into the running simulated QKD
+ * link: demo.json's control argv, the fault and its duration, then a comment.
+ */
+export function faultExample(demo: DemoJson, fault = 'link-down', seconds = 5): string {
+  const what = fault === 'link-down' ? `the QKD link goes down for ${seconds} s` : `${fault} for ${seconds} s`;
+  return `${[...demo.qkd_sim.control, fault, String(seconds)].map(sh).join(' ')}  # inject a fault: ${what}`;
 }
 
 /** Single-quote for POSIX shells unless the word is plainly safe. */

@@ -1,15 +1,17 @@
 /**
  * Prepares (first run) or reuses (later runs) the two-node demo network under
- * <root>/var/demo/: PKI, the shared link seed, one config and SAE registry per
- * node, and demo.json describing how to start and use it all. Existing PKI,
- * seed, configs, registries and state are never regenerated: the key pool
- * lives in the state folders and must survive restarts of the demo.
+ * <root>/var/demo/: PKI, the shared link seed, the simulated QKD link's
+ * qkd-sim/sim.json, one config and SAE registry per node, and demo.json
+ * describing how to start and use it all. Existing PKI, seed, sim.json,
+ * configs, registries and state are never regenerated: the key pool lives in
+ * the state folders and must survive restarts of the demo (and sim.json's
+ * epoch fixes the block ids of the link).
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
-import { ConfigError, parseConfig, type NodeConfig } from '../common/config.js';
+import { ConfigError, parseConfig, simQkdSchema, type NodeConfig } from '../common/config.js';
 import type { DemoDescription, DemoJson, DemoNode } from './description.js';
 import { ensureDir, isInside, readIfExists, SECRET_MODE, writeFileDurable, type FileLog } from './files.js';
 import { buildNodeConfig, buildRegistry } from './node-config.js';
@@ -63,7 +65,14 @@ export async function prepareDemo(root: string, opts: PrepareOptions = {}): Prom
   const configFiles = DEMO_NODES.map((n) => join(dir, n.kme_id, 'config.json'));
   const existing = configFiles.map(readExistingConfig);
   const modulePaths = DEMO_NODES.map((n) => join(dir, n.kme_id, 'qkd0'));
-  const sim = ensureSimConfig(dir, link, seedFile, rateBps, sharedEpoch(existing, link, notes), modulePaths, log);
+  const sim = ensureSimConfig(dir, link, seedFile, rateBps, inProcessLink(existing, link, notes), modulePaths, log);
+  if (sim.kept && sim.config.rate_bps !== rateBps) {
+    notes.push(`${sim.file} kept as it is (rate ${sim.config.rate_bps} bit/s; asked ${rateBps}): delete it to have it written again`);
+  }
+  if (!isInside(dirname(sim.file), sim.config.control.path)) {
+    notes.push(`qkd-sim control socket is ${sim.config.control.path} (a path under ${dirname(sim.file)} would be too long for a Unix socket)`);
+  }
+  // A folder that may vanish (a socket folder under a tmpfs /tmp).
   ensureDir(dirname(sim.config.control.path), 0o700);
 
   const configs: NodeConfig[] = DEMO_NODES.map((n, i) => {
@@ -110,6 +119,10 @@ export async function prepareDemo(root: string, opts: PrepareOptions = {}): Prom
     ensureDir(dirname(config.keypoold.socket), 0o700);
     ensureDir(config.state_dir, 0o700);
     ensureRegistry(config.registry_file, log);
+    const mismatch = moduleMismatch(config, link, sim.config);
+    if (mismatch) {
+      notes.push(`${n.kme_id} does not use the qkd-sim process: ${mismatch}; delete ${configFiles[i]} to have it written again (its state is kept)`);
+    }
     return config;
   });
 
@@ -162,9 +175,10 @@ function describe(configs: NodeConfig[], configFiles: string[], pki: DemoPki, si
     };
   });
   const first = configs[0]!.links[0]!;
+  // Only a path goes through show(): it would resolve a placeholder against the working folder.
   const device = (c: NodeConfig) => {
     const q = c.links[0]!.qkd;
-    return show(q.driver === 'serial' || (q.driver === 'socket' && q.path) ? q.path! : `(${q.driver})`);
+    return q.driver === 'serial' || (q.driver === 'socket' && q.path) ? show(q.path!) : `(${q.driver})`;
   };
   return {
     ca_cert: show(pki.ca.cert),
@@ -246,23 +260,30 @@ function checkedConfig(raw: unknown, path: string): NodeConfig {
 interface DemoSimFiles {
   file: string;
   config: SimConfig;
+  /** sim.json existed already (and was kept as it is). */
+  kept: boolean;
 }
 
 /** qkd-sim/sim.json: written once, then kept (its epoch fixes the block ids of the link). */
 function ensureSimConfig(
-  dir: string, link: string, seedFile: string, rateBps: number, epochFromNodes: number | undefined,
+  dir: string, link: string, seedFile: string, rateBps: number, older: InProcessLink | undefined,
   modulePaths: string[], log: FileLog,
 ): DemoSimFiles {
   const simDir = join(dir, 'qkd-sim');
   ensureDir(simDir, 0o700);
   const file = join(simDir, 'sim.json');
   let text = readIfExists(file);
+  const kept = text !== undefined;
   if (text === undefined) {
     const raw = buildSimConfig({
-      demoDir: dir, simDir, linkId: link, seedFile, rateBps, epochMs: epochFromNodes ?? Date.now(),
+      demoDir: dir, simDir, linkId: link, seedFile,
+      rateBps: older?.rate_bps ?? rateBps,
+      epochMs: older?.epoch_ms ?? Date.now(),
       controlPath: socketPath(dir, simDir, 'qkd-sim-control'),
       modules: DEMO_NODES.map((n, i) => ({ kmeId: n.kme_id, moduleId: `SIM-${n.kme_id}`, ptyLink: modulePaths[i]! })),
     });
+    // An older demo's block size too (ids = time since the epoch * rate / block size).
+    if (older) raw.block_bits = older.block_bits;
     text = JSON.stringify(raw, null, 2) + '\n';
     writeFileDurable(file, text);
     log.written.push(file);
@@ -270,24 +291,53 @@ function ensureSimConfig(
     log.reused.push(file);
   }
   try {
-    return { file, config: parseSimConfig(JSON.parse(text), simDir) };
+    return { file, kept, config: parseSimConfig(JSON.parse(text), simDir) };
   } catch (e) {
     throw new ConfigError(`${file}: ${(e as Error).message}\nfix it, or delete it to have it written again`);
   }
 }
 
-/** The epoch both ends already agree on, if any node config exists (configs of an older demo). */
-function sharedEpoch(existing: unknown[], link: string, notes: string[]): number | undefined {
-  const epochs = existing.flatMap((raw) => {
-    const links = (raw as { links?: Array<{ link_id?: string; qkd?: { epoch_ms?: unknown } }> } | undefined)?.links;
+/**
+ * Why a node's QKD module is not the one the simulator serves for it (an
+ * older config that ran the simulator in-process, a hand-edited path), if so.
+ */
+function moduleMismatch(config: NodeConfig, link: string, sim: SimConfig): string | undefined {
+  const q = config.links.find((l) => l.link_id === link)?.qkd;
+  if (!q) return `its config has no link ${link}`;
+  const m = sim.modules.find((x) => x.kme_id === config.kme_id);
+  if (!m) return `the simulator has no module for it`;
+  const d = m.device;
+  const served = d.kind === 'pty' ? `serial ${d.link}` : d.kind === 'unix' ? `socket ${d.path}` : `socket ${d.host}:${d.port}`;
+  const used =
+    q.driver === 'serial' ? `serial ${q.path}` : q.driver === 'socket' ? `socket ${q.path ?? `${q.host}:${q.port}`}` : `driver '${q.driver}'`;
+  if (used === served) return undefined;
+  return `its QKD module is ${used}, but the simulator serves it at ${served}`;
+}
+
+/** The schedule of an older demo's link: what its node configs gave the in-process simulator. */
+interface InProcessLink {
+  epoch_ms: number;
+  rate_bps: number;
+  block_bits: number;
+}
+
+/**
+ * The link schedule both ends already agree on, if node configs of an older
+ * demo (the simulator in-process) exist. Block ids follow from epoch, rate
+ * and block size together: all three must carry over for ids not to go back.
+ */
+function inProcessLink(existing: unknown[], link: string, notes: string[]): InProcessLink | undefined {
+  const found = existing.flatMap((raw) => {
+    const links = (raw as { links?: Array<{ link_id?: string; qkd?: unknown }> } | undefined)?.links;
     const l = Array.isArray(links) ? links.find((x) => x?.link_id === link) : undefined;
-    // Only configs that ran the simulator in-process carry an epoch.
-    return typeof l?.qkd?.epoch_ms === 'number' ? [l.qkd.epoch_ms] : [];
+    const q = simQkdSchema.safeParse(l?.qkd);
+    return q.success ? [{ epoch_ms: q.data.epoch_ms, rate_bps: q.data.rate_bps, block_bits: q.data.block_bits }] : [];
   });
-  if (new Set(epochs).size > 1) {
-    notes.push(`the two node configs disagree on epoch_ms of ${link} (${epochs.join(' vs ')}): the simulated link will not match`);
+  const show = (x: InProcessLink) => `epoch_ms ${x.epoch_ms}, rate_bps ${x.rate_bps}, block_bits ${x.block_bits}`;
+  if (new Set(found.map(show)).size > 1) {
+    notes.push(`the two node configs disagree on the simulated ${link} (${found.map(show).join(' vs ')}): the simulated link will not match`);
   }
-  return epochs[0];
+  return found[0];
 }
 
 /**

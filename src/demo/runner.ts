@@ -1,12 +1,13 @@
 /**
  * `node dist/src/demo/run.js [--prepare-only]`: prepare the demo network under
- * the current folder, then run its four daemons in the foreground until
- * Ctrl-C / SIGTERM (exit 0) or until one of them dies (exit 1, naming it).
+ * the current folder, then run its five processes (the simulated QKD link, two
+ * keypoolds, two ETSI APIs) in the foreground until Ctrl-C / SIGTERM (exit 0)
+ * or until one of them dies (exit 1, naming it).
  */
 import { existsSync } from 'node:fs';
 import { relative, resolve } from 'node:path';
-import { curlExamples } from './curl.js';
-import type { DemoDescription } from './description.js';
+import { curlExamples, faultExample } from './curl.js';
+import type { DemoDescription, DemoReadiness } from './description.js';
 import { prefixer } from './log-lines.js';
 import { prepareDemo } from './prepare.js';
 import { Supervisor, type ServiceSpec } from './supervisor.js';
@@ -43,14 +44,20 @@ export async function runDemo(args: string[], io: RunIo): Promise<number> {
 }
 
 export function serviceSpecs(desc: DemoDescription): ServiceSpec[] {
-  return desc.nodes.flatMap((n) =>
-    n.processes.map((p) => ({
-      name: `${n.kme_id} ${p.name}`,
-      argv: p.argv,
-      ready: 'unix_socket' in p.ready ? { unix_socket: resolve(desc.root, p.ready.unix_socket) } : p.ready,
-      stage: p.name === 'kme-keypoold' ? 0 : 1,
-    })),
-  );
+  const ready = (r: DemoReadiness) => ('unix_socket' in r ? { unix_socket: resolve(desc.root, r.unix_socket) } : r);
+  // The simulated QKD link first, then both keypoolds, then both APIs.
+  const sim: ServiceSpec = { name: desc.qkd_sim.name, argv: desc.qkd_sim.argv, ready: ready(desc.qkd_sim.ready), stage: 0 };
+  return [
+    sim,
+    ...desc.nodes.flatMap((n) =>
+      n.processes.map((p) => ({
+        name: `${n.kme_id} ${p.name}`,
+        argv: p.argv,
+        ready: ready(p.ready),
+        stage: p.name === 'kme-keypoold' ? 1 : 2,
+      })),
+    ),
+  ];
 }
 
 async function supervise(desc: DemoDescription, specs: ServiceSpec[], io: RunIo): Promise<number> {
@@ -94,6 +101,7 @@ async function supervise(desc: DemoDescription, specs: ServiceSpec[], io: RunIo)
     io.out(`demo network up: ${desc.nodes.map((n) => `${n.kme_id} ${n.etsi_url}`).join(', ')}`);
     io.out(`try it (from ${desc.root}):`);
     for (const l of curlExamples(desc)) io.out(`  ${l}`);
+    io.out(`  ${faultExample(desc)}`);
     io.out('Ctrl-C stops everything.');
     io.out('');
 

@@ -1,10 +1,12 @@
 import { X509Certificate, createPrivateKey } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, unlinkSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadSimConfig, parseSimConfig } from '../../drivers/sim/config.js';
 import { loadConfig, parseConfig } from '../../src/common/config.js';
 import { prepareDemo, type DemoDescription } from '../../src/demo/prepare.js';
+import { DEMO_BLOCK_BITS } from '../../src/demo/sim-config.js';
 
 const tmpRoots: string[] = [];
 function tmpRoot(): string {
@@ -55,6 +57,26 @@ describe('prepareDemo, first run', () => {
         })),
       );
     }
+    // The simulated QKD link: its own process, started from the root, ready on its control socket.
+    expect(onDisk.qkd_sim).toEqual({
+      name: 'qkd-sim',
+      argv: ['node', 'dist/drivers/sim/main.js', '--config', 'var/demo/qkd-sim/sim.json'],
+      ready: { unix_socket: 'var/demo/qkd-sim/control.sock' },
+      control: ['node', 'dist/drivers/sim/control.js', '--socket', 'var/demo/qkd-sim/control.sock'],
+      config: 'var/demo/qkd-sim/sim.json',
+    });
+    // The link as sim.json has it, and each KME's end of its module.
+    const sim = loadSimConfig(at('var/demo/qkd-sim/sim.json'));
+    expect(onDisk.links).toEqual([
+      {
+        link_id: 'KME_A-KME_B',
+        kme_ids: ['KME_A', 'KME_B'],
+        module_devices: ['var/demo/KME_A/qkd0', 'var/demo/KME_B/qkd0'],
+        seed_file: 'var/demo/link-KME_A-KME_B.seed',
+        rate_bps: 1_000_000,
+        epoch_ms: sim.epoch_ms,
+      },
+    ]);
     // The returned description is demo.json plus bookkeeping.
     const { root: r, dir, file, written, reused, notes, ...json } = demo;
     expect(json).toEqual(onDisk);
@@ -95,19 +117,14 @@ describe('prepareDemo, first run', () => {
     const [la, lb] = [a!.links[0]!, b!.links[0]!];
     expect(la).toMatchObject({ link_id: 'KME_A-KME_B', peer_kme_id: 'KME_B', peer_url: 'https://127.0.0.1:9444' });
     expect(lb).toMatchObject({ link_id: 'KME_A-KME_B', peer_kme_id: 'KME_A', peer_url: 'https://127.0.0.1:8444' });
-    expect(la.qkd).toEqual(lb.qkd);
-    expect(la.qkd).toMatchObject({
-      driver: 'sim',
-      seed_file: at('var/demo/link-KME_A-KME_B.seed'),
-      rate_bps: 1_000_000,
-      block_bits: 8192,
-    });
-    expect(Math.abs(la.qkd.epoch_ms - Date.now())).toBeLessThan(60_000);
+    // Each KME opens its end of the simulator's pty pair as a serial port.
+    expect(la.qkd).toMatchObject({ driver: 'serial', path: at('var/demo/KME_A/qkd0'), baud_rate: 115200 });
+    expect(lb.qkd).toMatchObject({ driver: 'serial', path: at('var/demo/KME_B/qkd0'), baud_rate: 115200 });
 
     // Paths inside the file are relative to its folder.
     const raw = JSON.parse(readFileSync(at('var/demo/KME_A/config.json'), 'utf8'));
     expect(raw.state_dir).toBe('state');
-    expect(raw.links[0].qkd.seed_file).toBe('../link-KME_A-KME_B.seed');
+    expect(raw.links[0].qkd).toEqual({ driver: 'serial', path: 'qkd0', baud_rate: 115200 });
     expect(parseConfig(raw, at('var/demo/KME_A'))).toEqual(a);
 
     for (const c of [a!, b!]) {
@@ -116,6 +133,46 @@ describe('prepareDemo, first run', () => {
         expect(existsSync(f)).toBe(true);
       }
     }
+  });
+
+  it('writes qkd-sim/sim.json for the simulator: the shared seed, KME_A and KME_B on pty links, a control socket', () => {
+    const file = at('var/demo/qkd-sim/sim.json');
+    expect(mode(at('var/demo/qkd-sim'))).toBe(0o700);
+    const raw = JSON.parse(readFileSync(file, 'utf8'));
+    // Paths inside the file are relative to its folder.
+    expect(raw).toMatchObject({
+      link_id: 'KME_A-KME_B',
+      seed_file: '../link-KME_A-KME_B.seed',
+      modules: [
+        { kme_id: 'KME_A', device: { kind: 'pty', link: '../KME_A/qkd0' } },
+        { kme_id: 'KME_B', device: { kind: 'pty', link: '../KME_B/qkd0' } },
+      ],
+      control: { path: 'control.sock' },
+    });
+    const sim = parseSimConfig(raw, at('var/demo/qkd-sim'));
+    expect(loadSimConfig(file)).toEqual(sim);
+    expect(sim).toMatchObject({
+      link_id: 'KME_A-KME_B',
+      seed_file: at('var/demo/link-KME_A-KME_B.seed'),
+      rate_bps: 1_000_000,
+      block_bits: DEMO_BLOCK_BITS,
+      control: { path: at('var/demo/qkd-sim/control.sock') },
+    });
+    expect(Math.abs(sim.epoch_ms - Date.now())).toBeLessThan(60_000);
+    expect(sim.modules.map((m) => [m.kme_id, m.device])).toEqual([
+      ['KME_A', { kind: 'pty', link: at('var/demo/KME_A/qkd0') }],
+      ['KME_B', { kind: 'pty', link: at('var/demo/KME_B/qkd0') }],
+    ]);
+    expect(sim.modules[0]!.module_id).not.toBe(sim.modules[1]!.module_id);
+    // The node configs point at the modules' devices; the simulator makes them (not the preparation).
+    for (const [i, id] of ['KME_A', 'KME_B'].entries()) {
+      const q = loadConfig(at(`var/demo/${id}/config.json`)).links[0]!.qkd;
+      expect(q.driver === 'serial' && q.path).toBe((sim.modules[i]!.device as { link: string }).link);
+      expect(existsSync(at(`var/demo/${id}/qkd0`))).toBe(false);
+    }
+    // The control socket's folder exists; the socket is the simulator's to make.
+    expect(statSync(at('var/demo/qkd-sim')).isDirectory()).toBe(true);
+    expect(existsSync(sim.control.path)).toBe(false);
   });
 
   it('writes the shared seed and private keys with mode 0600', () => {
@@ -183,10 +240,12 @@ describe('prepareDemo, first run', () => {
     expect(a).toEqual(b);
   });
 
-  it('issues only what is missing, from the existing CA, and keeps the epoch', async () => {
+  it('issues only what is missing, from the existing CA, and keeps sim.json and its epoch', async () => {
     const caBefore = read(at('var/demo/pki/ca.crt'));
     const a1Before = read(at('var/demo/pki/SAE_A1.crt'));
-    const epoch = loadConfig(at('var/demo/KME_A/config.json')).links[0]!.qkd.epoch_ms;
+    const simBefore = read(at('var/demo/qkd-sim/sim.json'));
+    const epoch = loadSimConfig(at('var/demo/qkd-sim/sim.json')).epoch_ms;
+    expect(demo.links[0]!.epoch_ms).toBe(epoch);
     unlinkSync(at('var/demo/pki/SAE_B3.crt'));
     unlinkSync(at('var/demo/pki/SAE_B3.key'));
     unlinkSync(at('var/demo/KME_B/config.json'));
@@ -199,7 +258,14 @@ describe('prepareDemo, first run', () => {
     expect(read(at('var/demo/pki/SAE_A1.crt')).equals(a1Before)).toBe(true);
     const b3 = new X509Certificate(read(at('var/demo/pki/SAE_B3.crt')));
     expect(b3.checkIssued(new X509Certificate(caBefore))).toBe(true);
-    expect(loadConfig(at('var/demo/KME_B/config.json')).links[0]!.qkd.epoch_ms).toBe(epoch);
+    expect(again.reused).toContain(at('var/demo/qkd-sim/sim.json'));
+    expect(read(at('var/demo/qkd-sim/sim.json')).equals(simBefore)).toBe(true);
+    expect(again.links[0]!.epoch_ms).toBe(epoch);
+    expect(loadConfig(at('var/demo/KME_B/config.json')).links[0]!.qkd).toMatchObject({
+      driver: 'serial',
+      path: at('var/demo/KME_B/qkd0'),
+    });
+    expect(again.notes).toEqual([]);
   });
 
   it('refuses a half-present key pair instead of overwriting it', async () => {
@@ -232,14 +298,76 @@ describe('prepareDemo, isolated instances', () => {
     }
     const a = loadConfig(join(dir, 'KME_A/config.json'));
     expect(a.links[0]!.peer_url).toBe('https://127.0.0.1:19444');
-    expect(a.links[0]!.qkd.rate_bps).toBe(5000);
+    expect(a.links[0]!.qkd).toMatchObject({ driver: 'serial', path: join(dir, 'KME_A/qkd0') });
+    expect(loadSimConfig(join(dir, 'qkd-sim/sim.json')).rate_bps).toBe(5000);
+    expect(demo.links[0]).toMatchObject({
+      rate_bps: 5000,
+      seed_file: join(dir, 'link-KME_A-KME_B.seed'),
+      module_devices: [join(dir, 'KME_A/qkd0'), join(dir, 'KME_B/qkd0')],
+    });
+    expect(demo.qkd_sim).toEqual({
+      name: 'qkd-sim',
+      argv: ['node', 'dist/drivers/sim/main.js', '--config', join(dir, 'qkd-sim/sim.json')],
+      ready: { unix_socket: join(dir, 'qkd-sim/control.sock') },
+      control: ['node', 'dist/drivers/sim/control.js', '--socket', join(dir, 'qkd-sim/control.sock')],
+      config: join(dir, 'qkd-sim/sim.json'),
+    });
     expect(existsSync(join(root, 'var'))).toBe(false);
 
-    // Asking for other ports later keeps the existing configs, and says so.
+    // Asking for other ports or another rate later keeps the existing configs and sim.json, and says so.
     const again = await prepareDemo(root, { dir });
     expect(again.written).toEqual([]);
     expect(again.nodes[0]!.etsi_url).toBe('https://127.0.0.1:18443');
-    expect(again.notes.join('\n')).toMatch(/kept as it is/);
+    expect(again.links[0]!.rate_bps).toBe(5000);
+    expect(again.notes.join('\n')).toMatch(/KME_A\/config\.json kept as it is/);
+    expect(again.notes.join('\n')).toMatch(/sim\.json kept as it is \(rate 5000 bit\/s; asked 1000000\)/);
+  });
+
+  it('takes the schedule of an older demo whose nodes ran the simulator in-process, and says their configs are stale', async () => {
+    const root = tmpRoot();
+    await prepareDemo(root);
+    const at = (rel: string) => join(root, rel);
+    // What the configs of an older demo held: the in-process simulator with its schedule. Block ids
+    // follow from epoch, rate and block size together, so all three carry over into sim.json.
+    const old = { epoch_ms: 1_700_000_000_000, rate_bps: 250_000, block_bits: 16384 };
+    expect(old.block_bits).not.toBe(DEMO_BLOCK_BITS);
+    for (const id of ['KME_A', 'KME_B']) {
+      const f = at(`var/demo/${id}/config.json`);
+      const cfg = JSON.parse(readFileSync(f, 'utf8'));
+      cfg.links[0].qkd = { driver: 'sim', seed_file: '../link-KME_A-KME_B.seed', ...old };
+      writeFileSync(f, JSON.stringify(cfg, null, 2) + '\n');
+    }
+    unlinkSync(at('var/demo/qkd-sim/sim.json'));
+    const again = await prepareDemo(root);
+    expect(again.written).toEqual([at('var/demo/qkd-sim/sim.json'), at('var/demo/demo.json')]);
+    expect(loadSimConfig(at('var/demo/qkd-sim/sim.json'))).toMatchObject(old);
+    expect(again.links[0]).toMatchObject({ epoch_ms: old.epoch_ms, rate_bps: old.rate_bps, module_devices: ['(sim)', '(sim)'] });
+    const notes = again.notes.join('\n');
+    for (const id of ['KME_A', 'KME_B']) {
+      expect(notes).toContain(
+        `${id} does not use the qkd-sim process: its QKD module is driver 'sim', but the simulator serves it at serial ${at(`var/demo/${id}/qkd0`)}; ` +
+          `delete ${at(`var/demo/${id}/config.json`)} to have it written again`,
+      );
+    }
+
+    // Deleting them (the state stays) brings them onto the simulator, with sim.json and its epoch kept.
+    unlinkSync(at('var/demo/KME_A/config.json'));
+    unlinkSync(at('var/demo/KME_B/config.json'));
+    const third = await prepareDemo(root, { rateBps: old.rate_bps });
+    expect(third.notes).toEqual([]);
+    expect(third.reused).toContain(at('var/demo/qkd-sim/sim.json'));
+    expect(loadSimConfig(at('var/demo/qkd-sim/sim.json'))).toMatchObject(old);
+    expect(third.links[0]).toMatchObject({ epoch_ms: old.epoch_ms, module_devices: ['var/demo/KME_A/qkd0', 'var/demo/KME_B/qkd0'] });
+  });
+
+  it('rejects an invalid sim.json, naming it', async () => {
+    const root = tmpRoot();
+    await prepareDemo(root);
+    const f = join(root, 'var/demo/qkd-sim/sim.json');
+    const cfg = JSON.parse(readFileSync(f, 'utf8'));
+    cfg.block_bits = 1001;
+    writeFileSync(f, JSON.stringify(cfg));
+    await expect(prepareDemo(root)).rejects.toThrow(/qkd-sim\/sim\.json: invalid simulator config:[\s\S]*block_bits[\s\S]*delete it/);
   });
 
   it('moves the keypoold socket under the temp folder when the demo path is too long', async () => {
@@ -252,6 +380,12 @@ describe('prepareDemo, isolated instances', () => {
     expect(statSync(join(c.keypoold.socket, '..')).isDirectory()).toBe(true);
     expect(demo.nodes[0]!.keypoold_socket).toBe(c.keypoold.socket);
     expect(demo.notes.join('\n')).toMatch(/KME_A keypoold socket is/);
+    // The simulator's control socket too, in the same per-demo folder.
+    const control = loadSimConfig(join(dir, 'qkd-sim/sim.json')).control.path;
+    expect(control).toBe(join(c.keypoold.socket, '..', 'qkd-sim-control.sock'));
+    expect(demo.qkd_sim.ready).toEqual({ unix_socket: control });
+    expect(demo.qkd_sim.control).toEqual(['node', 'dist/drivers/sim/control.js', '--socket', control]);
+    expect(demo.notes.join('\n')).toMatch(/qkd-sim control socket is /);
     rmSync(join(c.keypoold.socket, '..'), { recursive: true, force: true });
   });
 
