@@ -9,8 +9,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join, resolve, isAbsolute } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createServer } from 'node:net';
 import { prepareDemo } from '../src/demo/prepare.js';
+import { freePorts } from '../src/demo/ports.js';
 import { startProcess, type ManagedProcess } from '../src/demo/processes.js';
 import { NdjsonPoolClient } from '../src/ipc/ndjson-client.js';
 import { silentLogger } from '../src/common/logger.js';
@@ -23,18 +23,6 @@ const TARGET_MBPS = 20;
 const TARGET_CPU_PCT = 30;
 
 const out = (s: string) => process.stdout.write(s + '\n');
-
-async function freePorts(n: number): Promise<number[]> {
-  const servers = await Promise.all(
-    Array.from({ length: n }, () => new Promise<import('node:net').Server>((r) => {
-      const s = createServer();
-      s.listen(0, '127.0.0.1', () => r(s));
-    })),
-  );
-  const ports = servers.map((s) => (s.address() as { port: number }).port);
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-  return ports;
-}
 
 function cpuTicks(pid: number): number {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8');

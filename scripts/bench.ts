@@ -28,6 +28,7 @@ import { loadConfig } from '../src/common/config.js';
 import type { DemoDescription, DemoNode } from '../src/demo/description.js';
 import { isInside } from '../src/demo/files.js';
 import { prepareDemo } from '../src/demo/prepare.js';
+import { freePorts } from '../src/demo/ports.js';
 import { startProcess, type ManagedProcess, type ReadyTarget } from '../src/demo/processes.js';
 import type { LoadJob, LoadResult } from './bench-types.js';
 
@@ -45,7 +46,6 @@ const READY_TIMEOUT_MS = 20_000;
 const NOISE_LIMIT_PCT = 20;
 const TARGETS = { encRatio: 0.5, decRatio: 0.6, p99Ms: 25 };
 /** Ports other people's runs use: never take them. */
-const RESERVED_PORTS = (p: number) => p === 8443 || p === 8444 || p === 9443 || p === 9444 || (p >= 18443 && p <= 19444);
 
 const ENC_PATH = '/api/v1/keys/SAE_B1/enc_keys?number=1&size=256';
 const DEC_PATH = '/api/v1/keys/SAE_A1/dec_keys?key_ID=';
@@ -208,28 +208,6 @@ function cpuSnapshot(): Map<string, { cpu: number; wait: number | undefined }> {
 }
 
 // ---------------------------------------------------------------- helpers
-
-/** `n` distinct free loopback ports (all held open at once while choosing), none of the reserved ones. */
-async function freePorts(n: number): Promise<number[]> {
-  const servers: ReturnType<typeof createServer>[] = [];
-  const ports: number[] = [];
-  try {
-    while (ports.length < n) {
-      if (servers.length > n + 50) throw new BenchError('could not find free ports');
-      const s = createServer();
-      servers.push(s);
-      await new Promise<void>((res, rej) => {
-        s.once('error', rej);
-        s.listen(0, '127.0.0.1', () => res());
-      });
-      const p = (s.address() as AddressInfo).port;
-      if (!RESERVED_PORTS(p) && !ports.includes(p)) ports.push(p);
-    }
-    return ports;
-  } finally {
-    await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
-  }
-}
 
 interface ClientTls {
   cert: string;

@@ -141,7 +141,8 @@ export function controlRequest(path: string, req: ControlRequest, timeoutMs = 50
   });
 }
 
-function canConnect(path: string): Promise<boolean> {
+/** Does something accept connections on this Unix socket? */
+export function canConnect(path: string): Promise<boolean> {
   return new Promise((resolve) => {
     const s = connect({ path });
     const done = (ok: boolean) => {

@@ -6,12 +6,13 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, closeSync, constants, lstatSync, mkdirSync, openSync, unlinkSync } from 'node:fs';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import { basename, delimiter, dirname, join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { ReadStream } from 'node:tty';
 import type { Logger } from '../../src/common/logger.js';
 import type { SimDevice } from './config.js';
+import { canConnect } from './control-socket.js';
 
 /** The module side that a device hands its byte stream to. */
 export interface StreamSink {
@@ -275,7 +276,7 @@ export class SocketDevice implements DeviceHost {
     if (this.#server) return;
     if ('path' in this.addr) {
       mkdirSync(dirname(this.addr.path), { recursive: true });
-      if (await canConnectUnix(this.addr.path)) throw new Error(`${this.addr.path} is in use by another process`);
+      if (await canConnect(this.addr.path)) throw new Error(`${this.addr.path} is in use by another process`);
       removeStale(this.addr.path, 'socket');
     }
     const server = createServer((sock) => this.#onConnection(sock));
@@ -352,15 +353,3 @@ export class SocketDevice implements DeviceHost {
   }
 }
 
-function canConnectUnix(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect({ path });
-    const done = (ok: boolean) => {
-      s.destroy();
-      resolve(ok);
-    };
-    s.setTimeout(500, () => done(false));
-    s.once('connect', () => done(true));
-    s.once('error', () => done(false));
-  });
-}

@@ -6,6 +6,7 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { prepareDemo } from '../../src/demo/prepare.js';
+import { freePorts } from '../../src/demo/ports.js';
 import { canConnect, startProcess, type ManagedProcess } from '../../src/demo/processes.js';
 import { runDemo, serviceSpecs } from '../../src/demo/runner.js';
 import { Supervisor, type ServiceSpec } from '../../src/demo/supervisor.js';
@@ -31,19 +32,6 @@ afterEach(async () => {
   for (const s of sups.splice(0)) await s.stopAll();
   for (const p of procs.splice(0)) await p.stop({ signal: 'SIGKILL' });
 });
-
-async function freePorts(n: number): Promise<number[]> {
-  const servers = await Promise.all(
-    Array.from({ length: n }, async () => {
-      const s = createServer();
-      await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-      return s;
-    }),
-  );
-  const ports = servers.map((s) => (s.address() as { port: number }).port);
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-  return ports;
-}
 
 /**
  * Stand-in for dist/src/{keypoold,api}/main.js: reads --config, listens where

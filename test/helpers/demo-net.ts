@@ -5,25 +5,13 @@
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request, Agent } from 'node:https';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import { prepareDemo, type DemoDescription } from '../../src/demo/prepare.js';
 import { startProcess, type ManagedProcess } from '../../src/demo/processes.js';
+import { freePorts } from '../../src/demo/ports.js';
 
 export const repoRoot = resolve(import.meta.dirname, '../..');
-
-export async function freePorts(n: number): Promise<number[]> {
-  const servers = await Promise.all(
-    Array.from({ length: n }, () => new Promise<import('node:net').Server>((r) => {
-      const s = createServer();
-      s.listen(0, '127.0.0.1', () => r(s));
-    })),
-  );
-  const ports = servers.map((s) => (s.address() as { port: number }).port);
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-  return ports;
-}
 
 export interface HttpResult {
   status: number;
