@@ -174,8 +174,10 @@ export class BlockFlow {
 
   /** An alarm: never hand out blocks in [first, last]. */
   alarm(first: number, last: number): void {
-    this.#alarms.push([first, last]);
-    if (this.#alarms.length > MAX_ALARM_RANGES) this.#alarms.shift();
+    if (!this.#alarms.some(([a, z]) => a === first && z === last)) {
+      this.#alarms.push([first, last]);
+      if (this.#alarms.length > MAX_ALARM_RANGES) this.#alarms.shift();
+    }
     this.#dropQueued((b) => b.blockId >= first && b.blockId <= last, true);
   }
 

@@ -7,55 +7,30 @@
  * States: closed -> opening -> ready <-> degraded -> failed; close() from any.
  */
 import type { Logger } from '../../src/common/logger.js';
-import type { ByteTransport } from '../transport/types.js';
 import { systemClock, type Clock, type DriverCounters, type DriverState, type KeyBlock, type QkdAlarm, type QkdModuleDriver, type QkdModuleInfo } from '../types.js';
-import { DEFAULT_BACKOFF, backoffDelay, type BackoffOptions } from './backoff.js';
+import { AlarmDesk } from './alarm-desk.js';
+import { DEFAULT_BACKOFF } from './backoff.js';
 import { BlockFlow } from './block-flow.js';
 import { FrameDecoder } from './codec.js';
+import { DEFAULT_TIMEOUTS, type DriverTimeouts, type ProtocolDriverOptions } from './driver-options.js';
 import { DriverError } from './errors.js';
 import { Link } from './link.js';
-import { AlarmKind, ErrorCode, PROTOCOL_VERSION, type Frame, type Message } from './messages.js';
+import { ErrorCode, PROTOCOL_VERSION, type Frame, type Message } from './messages.js';
 import { Mutex } from './mutex.js';
+import { Reconnector } from './reconnector.js';
 import { Waitress } from './waitress.js';
 import { Wake } from './wake.js';
+import { watchLink } from './watchdog.js';
 
-export interface DriverTimeouts {
-  /** HELLO -> IDENTIFY (default 3000). */
-  handshakeMs: number;
-  /** STATUS_REQUEST -> LINK_STATUS (default 2000). */
-  requestMs: number;
-  /** No frame at all for this long: nudge; twice as long: reconnect (default 5000). */
-  silenceMs: number;
-  /** A partial frame idle this long is declared truncated (default 500). */
-  partialFrameMs: number;
-}
-
-export interface ProtocolDriverOptions {
-  /** Makes a new, unopened transport; called at open() and at each reconnect. */
-  transport: () => ByteTransport;
-  clock?: Clock;
-  logger: Logger;
-  /** This KME's id, sent in HELLO. */
-  hostId: string;
-  timeouts?: Partial<DriverTimeouts>;
-  /** Blocks of credit ahead of the last block handed to the consumer (default 64). */
-  window?: number;
-  /** LINK_STATUS poll period (default 1000). */
-  statusPollMs?: number;
-  backoff?: Partial<BackoffOptions>;
-  /** Uniform [0, 1) for backoff jitter (default Math.random). */
-  random?: () => number;
-}
+export type { DriverTimeouts, ProtocolDriverOptions } from './driver-options.js';
+export { DriverError, type DriverErrorCode } from './errors.js';
 
 type Identify = Extract<Message, { type: 'identify' }>;
 type LinkStatus = Extract<Message, { type: 'link_status' }>;
-const DEFAULT_TIMEOUTS: DriverTimeouts = { handshakeMs: 3000, requestMs: 2000, silenceMs: 5000, partialFrameMs: 500 };
-const ALARM_KIND: Record<number, QkdAlarm['kind']> = { [AlarmKind.QBER_THRESHOLD]: 'qber_threshold', [AlarmKind.EAVESDROPPING]: 'eavesdropping' };
 
 export class ProtocolDriver implements QkdModuleDriver {
   readonly #o: ProtocolDriverOptions;
   readonly #t: DriverTimeouts;
-  readonly #backoff: BackoffOptions;
   readonly #clock: Clock;
   readonly #log: Logger;
   readonly #flow: BlockFlow;
@@ -64,9 +39,7 @@ export class ProtocolDriver implements QkdModuleDriver {
   readonly #mutex = new Mutex();
   readonly #wake = new Wake();
   readonly #stateCbs = new Set<(s: DriverState, cause?: Error) => void>();
-  readonly #alarmCbs = new Set<(a: QkdAlarm) => void>();
-  readonly #pendingAlarms: QkdAlarm[] = [];
-  readonly #seenAlarms: string[] = [];
+  readonly #alarms: AlarmDesk;
   readonly #c = { framesIn: 0, framesOut: 0, reconnects: 0, reconnectFailures: 0, timeouts: 0, alarms: 0, moduleErrors: 0, seqGaps: 0, unexpectedFrames: 0 };
   #state: DriverState = 'closed';
   #closer = new AbortController();
@@ -74,18 +47,38 @@ export class ProtocolDriver implements QkdModuleDriver {
   #identity: Identify | undefined;
   #status: LinkStatus | undefined;
   #failure: DriverError | undefined;
-  #reconnecting = false;
+  readonly #reconnector: Reconnector;
   #lastHelloAt = -Infinity;
   #expectSeq: number | undefined;
 
   constructor(opts: ProtocolDriverOptions) {
     this.#o = opts;
     this.#t = { ...DEFAULT_TIMEOUTS, ...opts.timeouts };
-    this.#backoff = { ...DEFAULT_BACKOFF, ...opts.backoff };
     this.#clock = opts.clock ?? systemClock;
     this.#log = opts.logger;
     this.#flow = new BlockFlow(opts.window ?? 64);
     this.#waitress = new Waitress(this.#clock);
+    this.#alarms = new AlarmDesk(this.#log);
+    this.#reconnector = new Reconnector({
+      clock: this.#clock,
+      backoff: { ...DEFAULT_BACKOFF, ...opts.backoff },
+      random: opts.random ?? Math.random,
+      log: this.#log,
+      counters: this.#c,
+      signal: () => this.#closer.signal,
+      attempt: async () => {
+        await this.#connect(this.#closer.signal);
+        if (this.#link) this.#setState('ready');
+        else throw new DriverError('QKD_LINK_DOWN', 'closed again at once');
+      },
+      failed: (e) => {
+        if (!(e instanceof DriverError && e.code === 'QKD_VERSION')) return false;
+        this.#fail(e);
+        return true;
+      },
+      giveUp: (e) => this.#fail(e),
+      settled: () => this.#wake.notify(),
+    });
     this.#decoder = new FrameDecoder({
       onFrame: (f) => this.#onFrame(f),
       onError: (e) => this.#log.debug({ code: e.code, frame: e.frame, err: e.message }, 'qkd frame dropped'),
@@ -101,8 +94,16 @@ export class ProtocolDriver implements QkdModuleDriver {
     return this.#identity;
   }
 
+  /**
+   * Connects and runs the handshake. Resolves with the module's identity once
+   * it answered. If this first attempt fails for a transient reason, open()
+   * rejects and the driver keeps reconnecting in the background (state
+   * degraded) until it connects, gives up (failed) or is closed. A version
+   * mismatch is final (failed).
+   */
   async open(signal?: AbortSignal): Promise<QkdModuleInfo> {
-    if ((this.#state === 'ready' || this.#state === 'degraded') && this.#identity) return this.#info();
+    while (this.#reconnector.running && this.#state === 'degraded' && !signal?.aborted) await this.#wake.wait(signal);
+    if ((this.#state === 'ready' || this.#state === 'degraded') && this.#link && this.#identity) return this.#info();
     if (this.#state === 'opening') throw new DriverError('QKD_BUSY', 'open() already in progress');
     this.#closer = new AbortController();
     this.#failure = undefined;
@@ -113,8 +114,16 @@ export class ProtocolDriver implements QkdModuleDriver {
       this.#setState('ready');
       return this.#info();
     } catch (e) {
-      const err = this.#closer.signal.aborted ? new DriverError('QKD_CLOSED', 'driver closed during open', false) : asDriverError(e);
-      if ((this.#state as DriverState) === 'opening') this.#setState(err.code === 'QKD_VERSION' ? 'failed' : 'closed', err);
+      if (sig.aborted) {
+        if ((this.#state as DriverState) === 'opening') this.#setState('closed');
+        throw new DriverError('QKD_CLOSED', 'open aborted', false, { cause: e });
+      }
+      const err = asDriverError(e);
+      if (err.code === 'QKD_VERSION') this.#fail(err);
+      else {
+        this.#setState('degraded', err);
+        void this.#reconnector.run();
+      }
       throw err;
     }
   }
@@ -152,10 +161,11 @@ export class ProtocolDriver implements QkdModuleDriver {
   async *blocks(fromId: number, signal?: AbortSignal): AsyncIterable<KeyBlock[]> {
     if (!Number.isSafeInteger(fromId) || fromId < 0) throw new RangeError(`fromId must be a safe non-negative integer, got ${fromId}`);
     if (this.#flow.iterating) throw new DriverError('QKD_BUSY', 'a blocks() iteration is already running', false);
+    if (this.#state === 'closed') throw new DriverError('QKD_CLOSED', 'the driver is not open', false);
     this.#sendAll(this.#flow.start(fromId));
     try {
       for (;;) {
-        if (signal?.aborted || this.#state === 'closed') return;
+        if (signal?.aborted || (this.#state as DriverState) === 'closed') return;
         if (this.#state === 'failed') throw this.#failure ?? new DriverError('QKD_FAILED', 'driver failed', false);
         this.#sendAll(this.#flow.pull()); // credit only as the consumer pulls
         const batch = this.#flow.take();
@@ -172,9 +182,7 @@ export class ProtocolDriver implements QkdModuleDriver {
   }
 
   onAlarm(cb: (alarm: QkdAlarm) => void): () => void {
-    this.#alarmCbs.add(cb);
-    for (const a of this.#pendingAlarms.splice(0)) this.#emit(cb, a);
-    return () => this.#alarmCbs.delete(cb);
+    return this.#alarms.subscribe(cb);
   }
 
   onStateChange(cb: (state: DriverState, cause?: Error) => void): () => void {
@@ -229,6 +237,7 @@ export class ProtocolDriver implements QkdModuleDriver {
       void this.#watch(link);
     } catch (e) {
       await link.close();
+      if (this.#link === link) this.#link = undefined;
       throw e;
     } finally {
       signal.removeEventListener('abort', onAbort);
@@ -251,40 +260,23 @@ export class ProtocolDriver implements QkdModuleDriver {
     this.#wake.notify();
   }
 
-  /** One loop per link: partial-frame expiry, status polling, silence detection. */
-  async #watch(link: Link): Promise<void> {
-    const t = this.#t;
-    const poll = this.#o.statusPollMs ?? 1000;
-    const tick = Math.max(5, Math.min(t.partialFrameMs, poll, t.silenceMs) / 2);
-    let lastPoll = this.#clock.now();
-    let nudged = false;
-    while (!link.closed) {
-      try {
-        await this.#clock.sleep(tick, link.signal);
-      } catch {
-        return;
-      }
-      if (link.closed) return;
-      const now = this.#clock.now();
-      const idle = now - link.lastRxAt;
-      while (this.#decoder.buffered > 0 && idle >= t.partialFrameMs && this.#decoder.flushPartial());
-      if (now - lastPoll >= poll && !this.#mutex.locked) {
-        lastPoll = now;
-        this.linkStatus().catch(() => {});
-      }
-      if (idle < t.silenceMs) nudged = false;
-      else if (!nudged) {
-        nudged = true;
+  /** The timers of a link: partial frames, status polls, silence. */
+  #watch(link: Link): Promise<void> {
+    const times = { ...this.#t, statusPollMs: this.#o.statusPollMs ?? 1000 };
+    return watchLink(link, this.#decoder, this.#clock, times, {
+      poll: () => {
+        if (!this.#mutex.locked) this.linkStatus().catch(() => {});
+      },
+      silent: (idle) => {
         this.#c.timeouts++;
         this.#degrade(new DriverError('QKD_TIMEOUT', `no frame from the module for ${idle} ms`));
         this.#sendAll(this.#flow.nudge());
-      } else if (idle >= 2 * t.silenceMs) {
+      },
+      dead: (idle) => {
         this.#c.timeouts++;
         this.#log.warn({ idle_ms: idle }, 'qkd module silent: reconnecting');
-        await link.close();
-        return;
-      }
-    }
+      },
+    });
   }
 
   #onLinkClosed(link: Link, err?: Error): void {
@@ -294,47 +286,9 @@ export class ProtocolDriver implements QkdModuleDriver {
     const e = new DriverError('QKD_LINK_DOWN', `${link.transport.description} closed${err ? `: ${err.message}` : ''}`, true, { cause: err });
     this.#waitress.rejectAll(e);
     if (this.#state !== 'ready' && this.#state !== 'degraded') return; // open() or close() is in charge
-    if (this.#reconnecting) return; // the reconnect loop is in charge
+    if (this.#reconnector.running) return; // the reconnect loop is in charge
     this.#degrade(e, true);
-    void this.#reconnectLoop();
-  }
-
-  /** Reconnects with capped exponential backoff and jitter; one loop, one pending timer. */
-  async #reconnectLoop(): Promise<void> {
-    if (this.#reconnecting) return;
-    this.#reconnecting = true;
-    let lastErr: unknown;
-    try {
-      for (let attempt = 0; ; attempt++) {
-        if (attempt >= this.#backoff.maxAttempts) {
-          this.#fail(new DriverError('QKD_FAILED', `gave up after ${attempt} reconnect attempts`, false, { cause: lastErr }));
-          return;
-        }
-        const delay = backoffDelay(attempt, this.#backoff, (this.#o.random ?? Math.random)());
-        this.#log.info({ attempt: attempt + 1, delay_ms: delay }, 'qkd module reconnect scheduled');
-        try {
-          await this.#clock.sleep(delay, this.#closer.signal);
-        } catch {
-          return; // closed
-        }
-        this.#c.reconnects++;
-        try {
-          await this.#connect(this.#closer.signal);
-          if (!this.#link) continue; // closed again at once
-          this.#setState('ready');
-          return;
-        } catch (e) {
-          if (this.#state === 'closed') return;
-          lastErr = e;
-          this.#c.reconnectFailures++;
-          this.#log.warn({ attempt: attempt + 1, err: (e as Error).message }, 'qkd module reconnect failed');
-          if (e instanceof DriverError && e.code === 'QKD_VERSION') return this.#fail(e);
-        }
-      }
-    } finally {
-      this.#reconnecting = false;
-      this.#wake.notify();
-    }
+    void this.#reconnector.run();
   }
 
   #onFrame(f: Frame): void {
@@ -372,20 +326,10 @@ export class ProtocolDriver implements QkdModuleDriver {
 
   #onAlarm(m: Extract<Message, { type: 'alarm' }>): void {
     this.#link?.send({ type: 'alarm_ack', firstBlockId: m.firstBlockId, lastBlockId: m.lastBlockId });
-    const key = `${m.kind}/${m.firstBlockId}/${m.lastBlockId}`;
-    if (this.#seenAlarms.includes(key)) return; // a repeat
-    this.#seenAlarms.push(key);
-    if (this.#seenAlarms.length > 256) this.#seenAlarms.shift();
+    // Drop the range from what waits for the consumer first, then tell the listeners.
     this.#flow.alarm(m.firstBlockId, m.lastBlockId);
+    if (this.#alarms.receive(m)) this.#c.alarms++;
     this.#wake.notify();
-    this.#c.alarms++;
-    const alarm: QkdAlarm = { kind: ALARM_KIND[m.kind] ?? 'unknown', firstBlockId: m.firstBlockId, lastBlockId: m.lastBlockId, qber: m.qberPpm / 1e6 };
-    this.#log.warn({ ...alarm }, 'qkd module alarm');
-    if (this.#alarmCbs.size === 0) {
-      this.#pendingAlarms.push(alarm);
-      if (this.#pendingAlarms.length > 64) this.#pendingAlarms.shift();
-    }
-    for (const cb of this.#alarmCbs) this.#emit(cb, alarm);
   }
 
   #onModuleError(m: Extract<Message, { type: 'error' }>): void {
@@ -440,14 +384,6 @@ export class ProtocolDriver implements QkdModuleDriver {
       } catch (e) {
         this.#log.error({ err: (e as Error).message }, 'qkd state listener threw');
       }
-    }
-  }
-
-  #emit(cb: (a: QkdAlarm) => void, a: QkdAlarm): void {
-    try {
-      cb(a);
-    } catch (e) {
-      this.#log.error({ err: (e as Error).message }, 'qkd alarm listener threw');
     }
   }
 }

@@ -179,6 +179,9 @@ describe('Supervisor', () => {
     await sup.startAll(specs);
     for (const s of specs) expect(await canConnect(s.ready), s.name).toBe(true);
     // The simulator was ready before any keypoold opened its module; both keypoolds were listening before any api started.
+    // A process's output can reach us a moment after its port accepts: wait for the lines.
+    const expected = [/^qkd-sim: .*simulator ready/, /^KME_A kme-keypoold: .*listening/, /^KME_B kme-keypoold: .*listening/, /^KME_A kme-api: .*listening/, /^KME_B kme-api: .*listening/];
+    for (let i = 0; i < 100 && !expected.every((re) => lines.some((l) => re.test(l))); i++) await new Promise((r) => setTimeout(r, 20));
     const idx = (re: RegExp) => {
       const i = lines.findIndex((l) => re.test(l));
       expect(i, String(re)).toBeGreaterThanOrEqual(0);

@@ -7,7 +7,7 @@ import Database from 'better-sqlite3';
 import { readFileSync } from 'node:fs';
 import { connect as tlsConnect } from 'node:tls';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { issueCert } from '../../src/pki/x509.js';
 import { DemoNet, httpsCall, startDemoNet } from '../helpers/demo-net.js';
 
@@ -22,6 +22,10 @@ beforeAll(async () => {
   });
   await net.waitForStock('SAE_A1', 'SAE_B1', 10);
 }, 90_000);
+
+afterEach((ctx) => {
+  if (ctx.task.result?.state === 'fail' && net) console.log(`process output at the failure:\n${net.logs()}`);
+});
 
 afterAll(async () => {
   await net?.stop();

@@ -6,7 +6,7 @@
  * same bytes, or refused only because an eavesdropping alarm voided it; no key
  * was served twice; and the link recovers by itself.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { NdjsonPoolClient } from '../../src/ipc/ndjson-client.js';
 import { silentLogger } from '../../src/common/logger.js';
 import { DemoNet, startDemoNet } from '../helpers/demo-net.js';
@@ -21,6 +21,10 @@ beforeAll(async () => {
   await net.waitForStock('SAE_A1', 'SAE_B1', 20);
   await net.waitForStock('SAE_B1', 'SAE_A1', 20);
 }, 90_000);
+
+afterEach((ctx) => {
+  if (ctx.task.result?.state === 'fail' && net) console.log(`process output at the failure:\n${net.logs()}`);
+});
 
 afterAll(async () => {
   await net?.stop();

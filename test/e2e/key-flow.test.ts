@@ -6,7 +6,7 @@
  */
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { NdjsonPoolClient } from '../../src/ipc/ndjson-client.js';
 import { silentLogger } from '../../src/common/logger.js';
 import { DemoNet, startDemoNet } from '../helpers/demo-net.js';
@@ -19,6 +19,10 @@ beforeAll(async () => {
   await net.waitForStock('SAE_A1', 'SAE_B1', 50);
   await net.waitForStock('SAE_B1', 'SAE_A1', 50);
 }, 90_000);
+
+afterEach((ctx) => {
+  if (ctx.task.result?.state === 'fail' && net) console.log(`process output at the failure:\n${net.logs()}`);
+});
 
 afterAll(async () => {
   await net?.stop();

@@ -132,6 +132,11 @@ export class DemoNet {
     throw new Error(`no stock for ${master}->${slave}: ${last?.status} ${last?.text}`);
   }
 
+  /** The last lines of every process's output, for a failed test's report. */
+  logs(last = 25): string {
+    return [...this.procs].map(([name, p]) => `--- ${name} (${p.running ? 'running' : p.describeExit(false)})\n${[...p.output('stdout', last), ...p.output('stderr', last)].join('\n')}`).join('\n');
+  }
+
   async stop(): Promise<void> {
     await Promise.all([...this.procs.values()].map((p) => p.stop({ graceMs: 3000 }).catch(() => {})));
   }

@@ -14,8 +14,8 @@ export interface PtyPair {
   dispose(): Promise<void>;
 }
 
-export async function ptyPair(timeoutMs = 5000): Promise<PtyPair> {
-  const dir = mkdtempSync(join(tmpdir(), 'kme-pty-'));
+/** `dir`: reuse a directory (plug the same line back in); default a new temporary one. */
+export async function ptyPair(dir = mkdtempSync(join(tmpdir(), 'kme-pty-')), timeoutMs = 5000): Promise<PtyPair & { dir: string }> {
   const a = join(dir, 'a');
   const b = join(dir, 'b');
   const proc = spawn('socat', ['-d', '-d', `pty,raw,echo=0,link=${a}`, `pty,raw,echo=0,link=${b}`], { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -36,6 +36,7 @@ export async function ptyPair(timeoutMs = 5000): Promise<PtyPair> {
     await exited;
   };
   return {
+    dir,
     a,
     b,
     proc,
