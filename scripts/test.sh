@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
+# Type-check the tests too (vitest runs them without checking types).
+node_modules/.bin/tsc -p tsconfig.test.json
 mkdir -p var
 results=var/test-results.json
 rm -f "$results"

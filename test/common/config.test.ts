@@ -17,7 +17,7 @@ describe('node configuration', () => {
     const c = parseConfig(base(), '/etc/kme');
     expect(c.state_dir).toBe('/etc/kme/state');
     expect(c.api.tls.ca).toBe('/etc/kme/ca.crt');
-    expect(c.links[0]!.qkd.seed_file).toBe('/etc/kme/s.seed');
+    expect(c.links[0]!.qkd).toMatchObject({ driver: 'sim', seed_file: '/etc/kme/s.seed' });
     expect(c.limits).toMatchObject({ default_key_size: 256, min_key_size: 64, max_key_size: 8192 });
     expect(c.api.identity).toEqual({ source: 'subject_cn' });
     expect(c.key_ttl_seconds).toBe(300);
@@ -34,5 +34,17 @@ describe('node configuration', () => {
     expect(() => parseConfig({ ...base(), limits: { min_key_size: 512, default_key_size: 256 } }, '/')).toThrow(/min_key_size <= default_key_size/);
     expect(() => parseConfig({ ...base(), limits: { min_key_size: 60 } }, '/')).toThrow(/multiples of 8/);
     expect(() => parseConfig({ ...base(), api: { port: 70000, tls } }, '/')).toThrow(/api\.port/);
+  });
+
+  it('takes a serial, socket or HID module with defaults, and refuses a half-given socket', () => {
+    const withQkd = (qkd: object) => ({ ...base(), links: [{ ...link('KME_B'), qkd }] });
+    const serial = parseConfig(withQkd({ driver: 'serial', path: 'qkd0' }), '/var/lib/kme').links[0]!.qkd;
+    expect(serial).toMatchObject({ driver: 'serial', path: '/var/lib/kme/qkd0', baud_rate: 115200, rtscts: false, window: 64 });
+    const tcp = parseConfig(withQkd({ driver: 'socket', host: '10.0.0.5', port: 7001 }), '/').links[0]!.qkd;
+    expect(tcp).toMatchObject({ driver: 'socket', host: '10.0.0.5', port: 7001 });
+    const hid = parseConfig(withQkd({ driver: 'hid', vendor_id: 0x1234, product_id: 0x5678 }), '/').links[0]!.qkd;
+    expect(hid).toMatchObject({ driver: 'hid', report_size: 64 });
+    expect(() => parseConfig(withQkd({ driver: 'socket', host: 'x' }), '/')).toThrow(/either path, or host and port/);
+    expect(() => parseConfig(withQkd({ driver: 'usb' }), '/')).toThrow(ConfigError);
   });
 });
