@@ -49,6 +49,17 @@ async function main(): Promise<number> {
     }
     const simFile = abs(desc.qkd_sim.config);
     const sim = JSON.parse(readFileSync(simFile, 'utf8'));
+    if (process.env.BENCH_INGEST_DEVICE === 'unix') {
+      // Compare: the same protocol over Unix sockets instead of ptys.
+      sim.modules.forEach((m: { kme_id: string; device: unknown }, i: number) => {
+        const path = join(dir, `m${i}.sock`);
+        m.device = { kind: 'unix', path };
+        const f = abs(desc.nodes.find((n) => n.kme_id === m.kme_id)!.config);
+        const cfg = JSON.parse(readFileSync(f, 'utf8'));
+        cfg.links[0].qkd = { driver: 'socket', path };
+        writeFileSync(f, JSON.stringify(cfg, null, 2));
+      });
+    }
     sim.buffer_blocks = 100_000;
     sim.log_level = 'warn';
     writeFileSync(simFile, JSON.stringify(sim, null, 2));

@@ -78,11 +78,16 @@ export class BlockFlow {
     return this.#reposition();
   }
 
-  /** The consumer asks for more: grant credit up to the last block it was handed + window. */
+  /**
+   * The consumer asks for more: grant credit up to the last block it was
+   * handed + window, once at least half the window has been used (so the
+   * module gets a CREDIT per half window, not one per block).
+   */
   pull(): Message[] {
     if (!this.#inSession || !this.#positioned) return [];
-    const want = (this.#queue[0]?.blockId ?? this.#next) - 1 + this.window;
-    if (want <= this.#granted) return [];
+    const handed = (this.#queue[0]?.blockId ?? this.#next) - 1;
+    const want = handed + this.window;
+    if (want <= this.#granted || this.#granted - handed > this.window / 2) return [];
     this.#granted = want;
     return [{ type: 'credit', upToBlockId: want }];
   }
