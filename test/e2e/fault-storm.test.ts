@@ -6,30 +6,15 @@
  * same bytes, or refused only because an eavesdropping alarm voided it; no key
  * was served twice; and the link recovers by itself.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { NdjsonPoolClient } from '../../src/ipc/ndjson-client.js';
 import { silentLogger } from '../../src/common/logger.js';
-import { DemoNet, startDemoNet } from '../helpers/demo-net.js';
+import { useDemoNet } from '../helpers/demo-net.js';
 
 const FAULTS = ['link-down', 'corrupt-frames', 'drop-frames', 'stall', 'module-reboot', 'eavesdrop-alarm', 'unplug'];
 const FAULT_SECONDS = 2;
 
-let net: DemoNet;
-
-beforeAll(async () => {
-  net = await startDemoNet();
-  await net.waitForStock('SAE_A1', 'SAE_B1', 20);
-  await net.waitForStock('SAE_B1', 'SAE_A1', 20);
-}, 90_000);
-
-afterEach((ctx) => {
-  if (ctx.task.result?.state === 'fail' && net) console.log(`process output at the failure:\n${net.logs()}`);
-});
-
-afterAll(async () => {
-  await net?.stop();
-  net?.destroy();
-});
+const demoNet = useDemoNet({}, 20);
 
 interface Trip {
   master: string;
@@ -42,7 +27,7 @@ interface Trip {
 async function roundTripLoop(master: string, slave: string, until: () => boolean, trips: Trip[], refused: number[]): Promise<void> {
   while (!until()) {
     const at = Date.now();
-    const r = await net.sae(master).post(`/api/v1/keys/${slave}/enc_keys`, { number: 2 });
+    const r = await demoNet().sae(master).post(`/api/v1/keys/${slave}/enc_keys`, { number: 2 });
     if (r.status !== 200) {
       expect(r.status, r.text).toBe(503); // fail closed, nothing half-done
       refused.push(at);
@@ -51,13 +36,13 @@ async function roundTripLoop(master: string, slave: string, until: () => boolean
     }
     const trip: Trip = { master, slave, at, keys: r.body.keys };
     trips.push(trip);
-    const d = await net.sae(slave).post(`/api/v1/keys/${master}/dec_keys`, { key_IDs: trip.keys.map((k) => ({ key_ID: k.key_ID })) });
+    const d = await demoNet().sae(slave).post(`/api/v1/keys/${master}/dec_keys`, { key_IDs: trip.keys.map((k) => ({ key_ID: k.key_ID })) });
     trip.dec = { status: d.status, keys: d.body?.keys };
   }
 }
 
 async function diag() {
-  const c = new NdjsonPoolClient({ path: net.path(net.node('KME_A').keypoold_socket), logger: silentLogger() });
+  const c = new NdjsonPoolClient({ path: demoNet().path(demoNet().node('KME_A').keypoold_socket), logger: silentLogger() });
   try {
     return await c.call('diag', {});
   } finally {
@@ -79,7 +64,7 @@ describe('fault storm', () => {
       await new Promise((r) => setTimeout(r, 1000));
       for (const f of FAULTS) {
         const start = Date.now();
-        await net.fault(f, FAULT_SECONDS);
+        await demoNet().fault(f, FAULT_SECONDS);
         await new Promise((r) => setTimeout(r, FAULT_SECONDS * 1000 + 1500));
         windows[f] = [start, Date.now()];
       }
@@ -109,16 +94,16 @@ describe('fault storm', () => {
     const all = trips.flatMap((t) => t.keys);
     expect(new Set(all.map((k) => k.key_ID)).size).toBe(all.length);
     expect(new Set(all.map((k) => k.key)).size).toBe(all.length);
-    const again = await net.sae('SAE_B1').post('/api/v1/keys/SAE_A1/dec_keys', { key_IDs: [{ key_ID: trips.find((t) => t.master === 'SAE_A1' && t.dec!.status === 200)!.keys[0]!.key_ID }] });
+    const again = await demoNet().sae('SAE_B1').post('/api/v1/keys/SAE_A1/dec_keys', { key_IDs: [{ key_ID: trips.find((t) => t.master === 'SAE_A1' && t.dec!.status === 200)!.keys[0]!.key_ID }] });
     expect(again.status).toBe(400);
 
     // The link came back on its own: fresh round trips both ways, and the driver says so.
-    await net.waitForStock('SAE_A1', 'SAE_B1', 5, 30_000);
-    await net.waitForStock('SAE_B1', 'SAE_A1', 5, 30_000);
+    await demoNet().waitForStock('SAE_A1', 'SAE_B1', 5, 30_000);
+    await demoNet().waitForStock('SAE_B1', 'SAE_A1', 5, 30_000);
     for (const [m, s] of [['SAE_A1', 'SAE_B1'], ['SAE_B1', 'SAE_A1']] as const) {
-      const r = await net.sae(m).post(`/api/v1/keys/${s}/enc_keys`, {});
+      const r = await demoNet().sae(m).post(`/api/v1/keys/${s}/enc_keys`, {});
       expect(r.status, r.text).toBe(200);
-      const d = await net.sae(s).get(`/api/v1/keys/${m}/dec_keys?key_ID=${r.body.keys[0].key_ID}`);
+      const d = await demoNet().sae(s).get(`/api/v1/keys/${m}/dec_keys?key_ID=${r.body.keys[0].key_ID}`);
       expect(d.body.keys).toEqual(r.body.keys);
     }
     const link = (await diag()).links[0]!;

@@ -6,38 +6,23 @@
  */
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { NdjsonPoolClient } from '../../src/ipc/ndjson-client.js';
 import { silentLogger } from '../../src/common/logger.js';
-import { DemoNet, startDemoNet } from '../helpers/demo-net.js';
+import { useDemoNet } from '../helpers/demo-net.js';
 
-let net: DemoNet;
+const demoNet = useDemoNet({}, 50);
 const seen: string[] = []; // every key (base64) handed out in this file
 
-beforeAll(async () => {
-  net = await startDemoNet();
-  await net.waitForStock('SAE_A1', 'SAE_B1', 50);
-  await net.waitForStock('SAE_B1', 'SAE_A1', 50);
-}, 90_000);
-
-afterEach((ctx) => {
-  if (ctx.task.result?.state === 'fail' && net) console.log(`process output at the failure:\n${net.logs()}`);
-});
-
-afterAll(async () => {
-  await net?.stop();
-  net?.destroy();
-});
-
 async function enc(master: string, slave: string, body?: unknown) {
-  const r = await net.sae(master).post(`/api/v1/keys/${slave}/enc_keys`, body ?? {});
+  const r = await demoNet().sae(master).post(`/api/v1/keys/${slave}/enc_keys`, body ?? {});
   expect(r.status, r.text).toBe(200);
   for (const k of r.body.keys) seen.push(k.key);
   return r.body.keys as Array<{ key_ID: string; key: string }>;
 }
 
 async function dec(slave: string, master: string, ids: string[]) {
-  return net.sae(slave).post(`/api/v1/keys/${master}/dec_keys`, { key_IDs: ids.map((key_ID) => ({ key_ID })) });
+  return demoNet().sae(slave).post(`/api/v1/keys/${master}/dec_keys`, { key_IDs: ids.map((key_ID) => ({ key_ID })) });
 }
 
 async function roundTrip(master: string, slave: string, number = 3, size = 256) {
@@ -55,9 +40,9 @@ describe('two-node demo network', () => {
     await roundTrip('SAE_A1', 'SAE_B1');
     await roundTrip('SAE_B1', 'SAE_A1', 2, 1024);
     await roundTrip('SAE_A1', 'SAE_A2', 4, 512);
-    const status = await net.sae('SAE_A1').get('/api/v1/keys/SAE_A2/status');
+    const status = await demoNet().sae('SAE_A1').get('/api/v1/keys/SAE_A2/status');
     expect(status.body).toMatchObject({ source_KME_ID: 'KME_A', target_KME_ID: 'KME_A', status_extension: { key_source: 'local_csprng' } });
-    const remote = await net.sae('SAE_A1').get('/api/v1/keys/SAE_B1/status');
+    const remote = await demoNet().sae('SAE_A1').get('/api/v1/keys/SAE_B1/status');
     expect(remote.body).toMatchObject({ target_KME_ID: 'KME_B', status_extension: { key_source: 'qkd_link' } });
   });
 
@@ -65,10 +50,10 @@ describe('two-node demo network', () => {
     const ab = await enc('SAE_A1', 'SAE_B1', { number: 2 });
     const ba = await enc('SAE_B1', 'SAE_A1', { number: 2 });
     const aa = await enc('SAE_A1', 'SAE_A2', { number: 2 });
-    await net.restart('KME_A', 'kme-keypoold');
-    await net.restart('KME_B', 'kme-keypoold', 'SIGKILL');
-    await net.waitForStock('SAE_A1', 'SAE_B1', 5);
-    await net.waitForStock('SAE_B1', 'SAE_A1', 5);
+    await demoNet().restart('KME_A', 'kme-keypoold');
+    await demoNet().restart('KME_B', 'kme-keypoold', 'SIGKILL');
+    await demoNet().waitForStock('SAE_A1', 'SAE_B1', 5);
+    await demoNet().waitForStock('SAE_B1', 'SAE_A1', 5);
     for (const [slave, master, keys] of [['SAE_B1', 'SAE_A1', ab], ['SAE_A1', 'SAE_B1', ba], ['SAE_A2', 'SAE_A1', aa]] as const) {
       const r = await dec(slave, master, keys.map((k) => k.key_ID));
       expect(r.status, r.text).toBe(200);
@@ -84,7 +69,7 @@ describe('two-node demo network', () => {
     const other = await dec('SAE_B2', 'SAE_A1', [k!.key_ID]);
     expect(other.status).toBe(401);
     expect(typeof other.body.message).toBe('string');
-    const get = await net.sae('SAE_B1').get(`/api/v1/keys/SAE_A1/dec_keys?key_ID=${k!.key_ID}`);
+    const get = await demoNet().sae('SAE_B1').get(`/api/v1/keys/SAE_A1/dec_keys?key_ID=${k!.key_ID}`);
     expect(get.status).toBe(200);
     expect(get.body.keys).toEqual([k]);
     const again = await dec('SAE_B1', 'SAE_A1', [k!.key_ID]);
@@ -114,7 +99,7 @@ describe('two-node demo network', () => {
     expect((await dec('SAE_B3', 'SAE_A1', [keys[0]!.key_ID])).status).toBe(400);
     const local = await enc('SAE_A1', 'SAE_A2', { additional_slave_SAE_IDs: ['SAE_A3'] });
     expect((await dec('SAE_A3', 'SAE_A1', [local[0]!.key_ID])).body.keys).toEqual(local);
-    const mixed = await net.sae('SAE_A1').post('/api/v1/keys/SAE_B1/enc_keys', { additional_slave_SAE_IDs: ['SAE_A2'] });
+    const mixed = await demoNet().sae('SAE_A1').post('/api/v1/keys/SAE_B1/enc_keys', { additional_slave_SAE_IDs: ['SAE_A2'] });
     expect(mixed.status).toBe(400);
     expect(mixed.body.message).toMatch(/same KME/);
   });
@@ -145,23 +130,23 @@ describe('two-node demo network', () => {
   });
 
   it('fails closed with 503 while the peer keypoold is down, and recovers by itself', async () => {
-    await net.proc('KME_B', 'kme-keypoold').stop();
-    const r = await net.sae('SAE_A1').post('/api/v1/keys/SAE_B1/enc_keys', {});
+    await demoNet().proc('KME_B', 'kme-keypoold').stop();
+    const r = await demoNet().sae('SAE_A1').post('/api/v1/keys/SAE_B1/enc_keys', {});
     expect(r.status).toBe(503);
     expect(typeof r.body.message).toBe('string');
     expect(r.body.keys).toBeUndefined();
     // same-node pairs do not need the peer
     await roundTrip('SAE_A1', 'SAE_A2', 1);
     // the peer's own API has no pool behind it either
-    const atB = await net.sae('SAE_B1').post('/api/v1/keys/SAE_A1/enc_keys', {});
+    const atB = await demoNet().sae('SAE_B1').post('/api/v1/keys/SAE_A1/enc_keys', {});
     expect(atB.status).toBe(503);
-    await net.startProc('KME_B', 'kme-keypoold');
-    await net.waitForStock('SAE_A1', 'SAE_B1', 5);
+    await demoNet().startProc('KME_B', 'kme-keypoold');
+    await demoNet().waitForStock('SAE_A1', 'SAE_B1', 5);
     await roundTrip('SAE_A1', 'SAE_B1');
   });
 
   it('reports each link for technicians through the local API (diag), without key material', async () => {
-    const client = new NdjsonPoolClient({ path: net.path(net.node('KME_A').keypoold_socket), logger: silentLogger() });
+    const client = new NdjsonPoolClient({ path: demoNet().path(demoNet().node('KME_A').keypoold_socket), logger: silentLogger() });
     try {
       const d = await client.call('diag', {});
       expect(d.kme_id).toBe('KME_A');
@@ -188,9 +173,9 @@ describe('two-node demo network', () => {
         else if (st.isFile()) files.push(p);
       }
     };
-    walk(net.dir);
+    walk(demoNet().dir);
     const blobs = files.map((f) => readFileSync(f));
-    const logs = [...net.procs.values()].flatMap((p) => [...p.output('stdout'), ...p.output('stderr')]).join('\n');
+    const logs = [...demoNet().procs.values()].flatMap((p) => [...p.output('stdout'), ...p.output('stderr')]).join('\n');
     expect(seen.length).toBeGreaterThan(50);
     for (const b64 of seen) {
       const raw = Buffer.from(b64, 'base64');

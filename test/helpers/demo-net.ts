@@ -4,6 +4,7 @@
  * `npm test`), and mTLS clients for each SAE.
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { afterAll, afterEach, beforeAll } from 'vitest';
 import { request, Agent } from 'node:https';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
@@ -185,4 +186,26 @@ export async function startDemoNet(opts: StartOptions = {}): Promise<DemoNet> {
     }
   }
   return net;
+}
+
+/**
+ * One demo network for a whole test file: started before its tests (and
+ * stocked with keys both ways), its process output printed when a test
+ * fails, stopped and removed afterwards. Returns a getter for it.
+ */
+export function useDemoNet(opts: StartOptions = {}, stock = 10): () => DemoNet {
+  let net: DemoNet | undefined;
+  beforeAll(async () => {
+    net = await startDemoNet(opts);
+    await net.waitForStock('SAE_A1', 'SAE_B1', stock);
+    await net.waitForStock('SAE_B1', 'SAE_A1', stock);
+  }, 90_000);
+  afterEach((ctx) => {
+    if (ctx.task.result?.state === 'fail' && net) console.log(`process output at the failure:\n${net.logs()}`);
+  });
+  afterAll(async () => {
+    await net?.stop();
+    net?.destroy();
+  });
+  return () => net!;
 }
