@@ -6,8 +6,9 @@
  * Durability: the store runs WAL with synchronous=NORMAL, so a commit only
  * writes its frames to the WAL file; this batcher then fsyncs the WAL file on
  * libuv's thread pool and settles the commit's promises when that fsync
- * returns. The event loop never blocks on the disk, and one fsync covers every
- * commit made while the previous one was running. Any answer built on some
+ * returns. The event loop never blocks on the disk; work that arrives while an
+ * fsync runs is committed in one transaction when it ends, and covered by the
+ * next one. Any answer built on some
  * state is released only after a later fsync, which covers that state too.
  * (Checkpoints under NORMAL fsync the database file before the WAL is reused.)
  */
@@ -76,11 +77,16 @@ export class TxBatcher {
   #enqueue<T>(work: () => T, volatile: boolean): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       this.#queue.push({ work, volatile, resolve: resolve as (v: unknown) => void, reject, ok: false, value: undefined });
-      if (!this.#scheduled) {
-        this.#scheduled = true;
-        setImmediate(() => this.#flush());
-      }
+      // While an fsync runs, durable work waits for it to end: whatever it commits
+      // now could only be released by the next fsync anyway, so one commit then
+      // takes everything that arrived meanwhile.
+      if (!this.#scheduled && (volatile || !this.#syncing)) this.#schedule();
     });
+  }
+
+  #schedule(): void {
+    this.#scheduled = true;
+    setImmediate(() => this.#flush());
   }
 
   #flush(): void {
@@ -124,7 +130,8 @@ export class TxBatcher {
       this.#syncing = false;
       if (err) this.#failed(cohort, err);
       else for (const it of cohort) (it.ok ? it.resolve : it.reject)(it.value);
-      this.#sync();
+      if (this.#queue.length > 0 && !this.#scheduled) this.#flush();
+      else this.#sync();
     });
   }
 
