@@ -62,6 +62,8 @@ const MAX_IN_FLIGHT = 1;
 const MAX_QUEUE = 4096;
 /** Most blocks one reservation can span (128 keys of 8192 bits in blocks of 1024 bits), for alarm look-ups. */
 const MAX_SPAN_BLOCKS = 2048;
+/** How far past the highest block held an alarm may name blocks. */
+const MAX_ALARM_AHEAD_BLOCKS = 4096;
 /** Most rids per recovery or VOID message. */
 const RECOVERY_CHUNK = 500;
 
@@ -295,6 +297,14 @@ export class LinkSync {
   async applyAlarm(first: number, last: number, reason: string, from: 'module' | 'peer'): Promise<{ blocks: number; voided: number }> {
     if (!Number.isSafeInteger(first) || !Number.isSafeInteger(last) || first < 0 || last < first) {
       throw new KmeError('BAD_REQUEST', 'alarm needs a block range first <= last');
+    }
+    // Blocks not produced yet can be named, but not without bound: a range reaching far past
+    // what either end holds would stop the link for good.
+    const horizon = Math.max(this.#d.pool.highWater(), this.#peerHw) + MAX_ALARM_AHEAD_BLOCKS;
+    if (last > horizon) {
+      if (from === 'peer') throw new KmeError('BAD_REQUEST', `alarm range ends beyond block ${horizon}`);
+      this.#d.logger.warn({ link: this.linkId, first, last, horizon }, 'module alarm reaches far ahead; discarding up to the horizon');
+      last = Math.max(horizon, first);
     }
     this.#alarmRanges.push([first, last]);
     const { pool, store, batcher } = this.#d;

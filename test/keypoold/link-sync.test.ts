@@ -216,5 +216,8 @@ describe('LinkSync over the KME-to-KME channel', () => {
     expect(A.pool.highWater()).toBe(11);
     expect(A.store.s.blocksInRange.all(LINK, 8, 11).map((b) => b.block_id)).toEqual([8, 11]);
     await expect(A.sync.applyAlarm(5, 2, 'x', 'peer')).rejects.toMatchObject({ code: 'BAD_REQUEST' });
+    // a peer cannot stop the link for good with a range far in the future
+    await expect(A.sync.applyAlarm(12, 1e12, 'x', 'peer')).rejects.toMatchObject({ code: 'BAD_REQUEST' });
+    expect(A.store.db.prepare('SELECT max(last_block) AS m FROM discarded').get()).toEqual({ m: 10 });
   });
 });
