@@ -23,8 +23,9 @@ export interface NodeConfigInput {
     link_id: string;
     peer_kme_id: string;
     peer_port: number;
-    /** Absolute path of the QKD module's serial device (the KME end of the simulator's pty pair). */
+    /** Absolute path of the QKD module: the KME end of the simulator's pty pair, or its Unix socket. */
     module_path: string;
+    module_kind: 'serial' | 'socket';
   };
 }
 
@@ -66,7 +67,10 @@ export function buildNodeConfig(c: NodeConfigInput): Record<string, unknown> {
         link_id: c.link.link_id,
         peer_kme_id: c.link.peer_kme_id,
         peer_url: `https://${DEMO_HOST}:${c.link.peer_port}`,
-        qkd: { driver: 'serial', path: rel(c.link.module_path), baud_rate: 115200 },
+        qkd:
+          c.link.module_kind === 'serial'
+            ? { driver: 'serial', path: rel(c.link.module_path), baud_rate: 115200 }
+            : { driver: 'socket', path: rel(c.link.module_path) },
       },
     ],
     log_level: 'info',

@@ -17,6 +17,7 @@ import { ensureDir, isInside, readIfExists, SECRET_MODE, writeFileDurable, type 
 import { buildNodeConfig, buildRegistry } from './node-config.js';
 import { buildSimConfig } from './sim-config.js';
 import { parseSimConfig, type SimConfig } from '../../drivers/sim/config.js';
+import { findSocat } from '../../drivers/sim/devices.js';
 import { ensureDemoPki, type DemoPki } from './pki.js';
 import {
   DEFAULT_API_PORTS,
@@ -64,8 +65,13 @@ export async function prepareDemo(root: string, opts: PrepareOptions = {}): Prom
 
   const configFiles = DEMO_NODES.map((n) => join(dir, n.kme_id, 'config.json'));
   const existing = configFiles.map(readExistingConfig);
-  const modulePaths = DEMO_NODES.map((n) => join(dir, n.kme_id, 'qkd0'));
-  const sim = ensureSimConfig(dir, link, seedFile, rateBps, inProcessLink(existing, link, notes), modulePaths, log);
+  // Each module on a socat pty pair (the real serial driver); without socat, on a Unix socket.
+  const viaPty = findSocat() !== undefined;
+  if (!viaPty) notes.push('socat not found: the simulated QKD modules are Unix sockets, not serial lines (install socat for the serial path)');
+  const modulePaths = DEMO_NODES.map((n) =>
+    viaPty ? join(dir, n.kme_id, 'qkd0') : socketPath(dir, join(dir, n.kme_id), 'qkd0.sock', `${n.kme_id}-qkd0`),
+  );
+  const sim = ensureSimConfig(dir, link, seedFile, rateBps, inProcessLink(existing, link, notes), modulePaths, viaPty, log);
   if (sim.kept && sim.config.rate_bps !== rateBps) {
     notes.push(`${sim.file} kept as it is (rate ${sim.config.rate_bps} bit/s; asked ${rateBps}): delete it to have it written again`);
   }
@@ -95,7 +101,7 @@ export async function prepareDemo(root: string, opts: PrepareOptions = {}): Prom
         kmeId: n.kme_id,
         demoDir: dir,
         nodeDir,
-        socket: socketPath(dir, nodeDir, n.kme_id),
+        socket: socketPath(dir, nodeDir, 'keypoold.sock', n.kme_id),
         apiPort: apiPorts[i]!,
         peerPort: peerPorts[i]!,
         pki,
@@ -104,6 +110,7 @@ export async function prepareDemo(root: string, opts: PrepareOptions = {}): Prom
           peer_kme_id: other.kme_id,
           peer_port: peerPorts[1 - i]!,
           module_path: modulePaths[i]!,
+          module_kind: viaPty ? 'serial' : 'socket',
         },
       });
       config = checkedConfig(fresh, configFiles[i]!);
@@ -267,7 +274,7 @@ interface DemoSimFiles {
 /** qkd-sim/sim.json: written once, then kept (its epoch fixes the block ids of the link). */
 function ensureSimConfig(
   dir: string, link: string, seedFile: string, rateBps: number, older: InProcessLink | undefined,
-  modulePaths: string[], log: FileLog,
+  modulePaths: string[], viaPty: boolean, log: FileLog,
 ): DemoSimFiles {
   const simDir = join(dir, 'qkd-sim');
   ensureDir(simDir, 0o700);
@@ -279,8 +286,8 @@ function ensureSimConfig(
       demoDir: dir, simDir, linkId: link, seedFile,
       rateBps: older?.rate_bps ?? rateBps,
       epochMs: older?.epoch_ms ?? Date.now(),
-      controlPath: socketPath(dir, simDir, 'qkd-sim-control'),
-      modules: DEMO_NODES.map((n, i) => ({ kmeId: n.kme_id, moduleId: `SIM-${n.kme_id}`, ptyLink: modulePaths[i]! })),
+      controlPath: socketPath(dir, simDir, 'control.sock', 'qkd-sim-control'),
+      modules: DEMO_NODES.map((n, i) => ({ kmeId: n.kme_id, moduleId: `SIM-${n.kme_id}`, device: modulePaths[i]!, kind: viaPty ? 'pty' : 'unix' })),
     });
     // An older demo's block size too (ids = time since the epoch * rate / block size).
     if (older) raw.block_bits = older.block_bits;
@@ -344,8 +351,8 @@ function inProcessLink(existing: unknown[], link: string, notes: string[]): InPr
  * <node>/keypoold.sock, unless that absolute path is too long for a Unix
  * socket; then a per-demo folder under the OS temp folder.
  */
-function socketPath(demoDir: string, nodeDir: string, name: string): string {
-  const preferred = join(nodeDir, name === 'qkd-sim-control' ? 'control.sock' : 'keypoold.sock');
+function socketPath(demoDir: string, nodeDir: string, file: string, name: string): string {
+  const preferred = join(nodeDir, file);
   if (Buffer.byteLength(preferred) <= MAX_SOCKET_PATH_BYTES) return preferred;
   const tag = createHash('sha256').update(demoDir).digest('hex').slice(0, 12);
   const fallback = join(tmpdir(), `kme-demo-${tag}`, `${name}.sock`);

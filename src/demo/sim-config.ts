@@ -16,7 +16,8 @@ export interface SimConfigInput {
   rateBps: number;
   epochMs: number;
   controlPath: string;
-  modules: Array<{ kmeId: string; moduleId: string; ptyLink: string }>;
+  /** Each module's device: the KME end of a socat pty pair, or a Unix socket when socat is missing. */
+  modules: Array<{ kmeId: string; moduleId: string; device: string; kind: 'pty' | 'unix' }>;
 }
 
 export const DEMO_BLOCK_BITS = 65536;
@@ -33,7 +34,11 @@ export function buildSimConfig(c: SimConfigInput): Record<string, unknown> {
     epoch_ms: c.epochMs,
     buffer_blocks: DEMO_BUFFER_BLOCKS,
     qber: 0.02,
-    modules: c.modules.map((m) => ({ module_id: m.moduleId, kme_id: m.kmeId, device: { kind: 'pty', link: rel(m.ptyLink) } })),
+    modules: c.modules.map((m) => ({
+      module_id: m.moduleId,
+      kme_id: m.kmeId,
+      device: m.kind === 'pty' ? { kind: 'pty', link: rel(m.device) } : { kind: 'unix', path: rel(m.device) },
+    })),
     control: { path: rel(c.controlPath) },
     log_level: 'info',
   };
