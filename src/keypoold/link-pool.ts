@@ -120,6 +120,11 @@ export class LinkPool {
       this.#store.s.blockPut.run({ link, block_id: b.blockId, bits: b.bits, mine: this.isMine(b.blockId) ? 1 : 0, start_bit: 0 });
       this.#store.s.dataPut.run(link, b.blockId, this.#sealer.seal(b.material, blockAad(link, b.blockId, 0)));
     }
+    // Discarded ranges wholly behind us can go.
+    if (this.#discarded?.some((d) => d.last_block <= hw)) {
+      this.#store.s.discardDrop.run(link, hw);
+      this.#discarded = undefined;
+    }
     this.#store.s.hwPut.run(link, hw);
     return hw;
   }

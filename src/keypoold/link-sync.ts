@@ -29,7 +29,7 @@ import type {
   HelloResponse, PeerReservation, PeerRidState, QueryResponse, ReservationsRequest, ReservationsResponse, VoidResponse,
 } from './peer-protocol.js';
 import type { Registry } from './registry.js';
-import type { Store } from './store.js';
+import type { Slice, Store } from './store.js';
 import type { TxBatcher } from './tx-batcher.js';
 
 export interface KeyRequest {
@@ -60,10 +60,8 @@ const MAX_BATCH_KEYS = 2048;
 const MAX_IN_FLIGHT = 1;
 /** Most requests waiting for a batch; beyond it the SAE gets 503 at once. */
 const MAX_QUEUE = 4096;
-/** Most blocks one reservation can span (128 keys of 8192 bits in blocks of 1024 bits), for alarm look-ups. */
-const MAX_SPAN_BLOCKS = 2048;
-/** How far past the highest block held an alarm may name blocks. */
-const MAX_ALARM_AHEAD_BLOCKS = 4096;
+/** How far past the highest block held an alarm may name blocks (a module buffers far fewer). */
+const MAX_ALARM_AHEAD_BLOCKS = 1_000_000;
 /** Most rids per recovery or VOID message. */
 const RECOVERY_CHUNK = 500;
 
@@ -91,7 +89,8 @@ export class LinkSync {
   #peerReachable = false;
   #lastContact = 0;
   /** Alarm ranges seen by this process, to catch batches carved before an alarm and answered after it. */
-  readonly #alarmRanges: Array<[number, number]> = [];
+  #alarmRanges: Array<{ seq: number; first: number; last: number; at: number }> = [];
+  #alarmSeq = 0;
 
   constructor(deps: LinkSyncDeps) {
     this.#d = deps;
@@ -150,7 +149,7 @@ export class LinkSync {
     const { pool, store, batcher, client, clock } = this.#d;
     const now = clock.now();
     const expiresAt = now + this.#d.ttlMs;
-    const alarmsAtCarve = this.#alarmRanges.length;
+    const alarmsAtCarve = this.#alarmSeq;
     let carved: { results: Array<Carved | KmeError>; reservations: Array<PeerReservation | null> };
     let sent: Promise<unknown> | undefined;
     let sentRids: string[] = [];
@@ -206,7 +205,7 @@ export class LinkSync {
     const committed: string[] = [];
     const voided: string[] = [];
     const alarmed = (res: PeerReservation) =>
-      this.#alarmRanges.length > alarmsAtCarve && res.slices.some((l) => l.some(([b]) => this.#alarmRanges.some(([f, t]) => b >= f && b <= t)));
+      this.#hitByAlarmSince(alarmsAtCarve, res.slices);
     carved.results.forEach((r, i) => {
       const q = batch[i]!;
       if (r instanceof KmeError) return q.reject(r);
@@ -281,6 +280,18 @@ export class LinkSync {
 
   // -------------------------------------------------------------------- alarms
 
+  /** Did an alarm heard after `seq` name a block these slices lie in? */
+  #hitByAlarmSince(seq: number, slices: Slice[][]): boolean {
+    const recent = this.#alarmRanges.filter((a) => a.seq > seq);
+    return recent.length > 0 && slices.some((l) => l.some(([b]) => recent.some((a) => b >= a.first && b <= a.last)));
+  }
+
+  /** Alarm ranges are only needed while a batch or message from before them may still be answered. */
+  #trimAlarms(): void {
+    const keepAfter = this.#d.clock.now() - 4 * this.#d.peerTimeoutMs - 10_000;
+    if (this.#alarmRanges.some((a) => a.at < keepAfter)) this.#alarmRanges = this.#alarmRanges.filter((a) => a.at >= keepAfter);
+  }
+
   /**
    * The module says blocks [first, last] are compromised: discard them here,
    * void every reservation with a slice in them (erasing the keys a slave
@@ -301,19 +312,17 @@ export class LinkSync {
     // Blocks not produced yet can be named, but not without bound: a range reaching far past
     // what either end holds would stop the link for good.
     const horizon = Math.max(this.#d.pool.highWater(), this.#peerHw) + MAX_ALARM_AHEAD_BLOCKS;
-    if (last > horizon) {
-      if (from === 'peer') throw new KmeError('BAD_REQUEST', `alarm range ends beyond block ${horizon}`);
-      this.#d.logger.warn({ link: this.linkId, first, last, horizon }, 'module alarm reaches far ahead; discarding up to the horizon');
-      last = Math.max(horizon, first);
-    }
-    this.#alarmRanges.push([first, last]);
+    if (last > horizon) throw new KmeError('BAD_REQUEST', `alarm range ends beyond block ${horizon}: not a range any module buffers`);
+    this.#trimAlarms();
+    this.#alarmRanges.push({ seq: ++this.#alarmSeq, first, last, at: this.#d.clock.now() });
     const { pool, store, batcher } = this.#d;
     const res = await batcher.run(() => {
       const blocks = pool.discard(first, last);
-      const rows = store.s.resInBlocks.all({ link: this.linkId, from: first - MAX_SPAN_BLOCKS, first, last });
+      const rows = store.s.resInBlocks.all({ link: this.linkId, first, last });
       for (const r of rows) {
         if (r.role === 'peer') store.eraseKeysOf(r);
-        store.s.resSetState.run('voided', 1, r.rid);
+        // An owner also tells the peer to void, in case the peer missed the alarm.
+        store.s.resSetState.run('voided', r.role === 'owner' ? 0 : 1, r.rid);
       }
       return { blocks, voided: rows.length };
     });
@@ -326,11 +335,20 @@ export class LinkSync {
   async onReservations(body: ReservationsRequest): Promise<ReservationsResponse> {
     const { pool, batcher, registry, myKmeId } = this.#d;
     if (body.from !== this.peerKmeId) throw new KmeError('UNAUTHORIZED', 'sender is not the peer of this link');
+    const alarmsBefore = this.#alarmSeq;
     const results = await batcher.run(() => {
       const out = pool.acceptAll(body.reservations, (r) => this.#checkShape(r, registry, myKmeId));
       if (Number.isSafeInteger(body.erasable_below)) pool.erasePeerBlocksBelow(body.erasable_below);
       return out;
     });
+    // An alarm applied after this message was checked voided what it names: say so, never 'committed'.
+    if (this.#alarmSeq > alarmsBefore) {
+      const byRid = new Map(body.reservations.map((r) => [r?.rid, r]));
+      for (const r of results) {
+        const res = byRid.get(r.rid);
+        if (r.state === 'committed' && res && this.#hitByAlarmSince(alarmsBefore, res.slices)) r.state = 'voided';
+      }
+    }
     this.#sawPeer(body.hw);
     for (const r of results) if (r.state !== 'committed') this.#d.logger.warn({ link: this.linkId, rid: r.rid, reason: r.reason }, 'refused reservation');
     return { hw: pool.highWater(), results };

@@ -70,7 +70,7 @@ CREATE TABLE IF NOT EXISTS reservations (
   master TEXT NOT NULL, slaves TEXT NOT NULL, key_ids TEXT NOT NULL,
   size INTEGER NOT NULL, expires_at INTEGER NOT NULL, created_at INTEGER NOT NULL,
   peer_acked INTEGER NOT NULL DEFAULT 1, first_block INTEGER, last_block INTEGER);
-CREATE INDEX IF NOT EXISTS reservations_blocks ON reservations(link, first_block) WHERE first_block IS NOT NULL;
+CREATE INDEX IF NOT EXISTS reservations_last_block ON reservations(link, last_block) WHERE last_block IS NOT NULL;
 CREATE TABLE IF NOT EXISTS discarded (link TEXT NOT NULL, first_block INTEGER NOT NULL, last_block INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS reservations_pending ON reservations(link, created_at) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS reservations_unacked ON reservations(link) WHERE peer_acked = 0;
@@ -150,10 +150,12 @@ export class Store {
       ),
       resDelete: db.prepare('DELETE FROM reservations WHERE seq = ?'),
       /** Reservations with a slice in blocks [first, last]; `from` bounds the index scan (first - longest span). */
-      resInBlocks: db.prepare<{ link: string; from: number; first: number; last: number }, ReservationRow>(
-        `SELECT * FROM reservations WHERE link = @link AND first_block IS NOT NULL
-           AND first_block BETWEEN @from AND @last AND last_block >= @first AND state != 'voided'`,
+      /** Reservations with a slice in blocks [first, last] (alarms name recent blocks: few rows end at or after `first`). */
+      resInBlocks: db.prepare<{ link: string; first: number; last: number }, ReservationRow>(
+        `SELECT * FROM reservations WHERE link = @link AND last_block IS NOT NULL
+           AND last_block >= @first AND first_block <= @last AND state != 'voided'`,
       ),
+      discardDrop: db.prepare('DELETE FROM discarded WHERE link = ? AND last_block <= ?'),
       discardAdd: db.prepare('INSERT INTO discarded (link, first_block, last_block) VALUES (?, ?, ?)'),
       discardList: db.prepare<[string], { first_block: number; last_block: number }>('SELECT first_block, last_block FROM discarded WHERE link = ?'),
       blocksInRange: db.prepare<[string, number, number], { block_id: number }>('SELECT block_id FROM blocks WHERE link = ? AND block_id BETWEEN ? AND ?'),

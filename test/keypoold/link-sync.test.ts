@@ -218,6 +218,38 @@ describe('LinkSync over the KME-to-KME channel', () => {
     await expect(A.sync.applyAlarm(5, 2, 'x', 'peer')).rejects.toMatchObject({ code: 'BAD_REQUEST' });
     // a peer cannot stop the link for good with a range far in the future
     await expect(A.sync.applyAlarm(12, 1e12, 'x', 'peer')).rejects.toMatchObject({ code: 'BAD_REQUEST' });
-    expect(A.store.db.prepare('SELECT max(last_block) AS m FROM discarded').get()).toEqual({ m: 10 });
+    // ranges behind the high-water mark are forgotten
+    expect(A.store.db.prepare('SELECT count(*) AS n FROM discarded').get()).toEqual({ n: 0 });
+  });
+
+  it('an alarm finds a reservation however many blocks it spans', async () => {
+    // 2 keys of 2048 bits = 2 blocks each: one reservation from block 0 to block 2 (owned blocks are even)
+    const keys = await A.sync.request({ ...req, number: 2, size: 2048 });
+    const row = A.store.db.prepare("SELECT first_block, last_block FROM reservations WHERE role = 'owner'").get() as { first_block: number; last_block: number };
+    expect(row.last_block - row.first_block).toBeGreaterThan(0);
+    const r = await B.sync.applyAlarm(row.last_block, row.last_block, 'eavesdropping', 'module');
+    expect(r.voided).toBe(1);
+    expect(B.store.s.keyGet.get(keys[0]!.keyId)).toBeUndefined();
+  });
+
+  it('the peer never answers committed for a reservation an alarm voided meanwhile', async () => {
+    const { res } = carvePending(A);
+    const block = res.slices[0]![0]![0];
+    const [answer] = await Promise.all([
+      B.sync.onReservations({ from: 'KME_A', hw: 7, erasable_below: 0, reservations: [res] }),
+      B.sync.applyAlarm(block, block, 'eavesdropping', 'module'),
+    ]);
+    expect(answer.results[0]!.state).toBe('voided');
+    expect(B.store.s.keyGet.get(res.key_ids[0]!)).toBeUndefined();
+  });
+
+  it('an owner voided by an alarm also tells the peer to void', async () => {
+    await A.sync.request(req);
+    const rid = (A.store.db.prepare("SELECT rid FROM reservations WHERE role = 'owner'").get() as { rid: string }).rid;
+    await A.sync.applyAlarm(0, 7, 'eavesdropping', 'module');
+    expect(state(A, rid)).toMatchObject({ state: 'voided', peer_acked: 0 });
+    await A.sync.maintain();
+    expect(state(A, rid)).toMatchObject({ state: 'voided', peer_acked: 1 });
+    expect(state(B, rid)).toMatchObject({ state: 'voided' });
   });
 });
