@@ -45,8 +45,13 @@ export interface QkdModuleDriver {
   blocks(fromId: number, signal?: AbortSignal): AsyncIterable<KeyBlock[]>;
   /** The consumer holds every block up to `blockId` durably. */
   ack(blockId: number): void;
-  /** Alarms from the module, as they arrive. Returns an unsubscribe function. */
-  onAlarm?(cb: (alarm: QkdAlarm) => void): () => void;
+  /**
+   * Alarms from the module, as they arrive. The module is told the alarm was
+   * handled only once the callback's promise resolves (the discard is
+   * durable); if it rejects, the module's repeat is handled again.
+   * Returns an unsubscribe function.
+   */
+  onAlarm?(cb: (alarm: QkdAlarm) => void | Promise<void>): () => void;
   /** State changes (with the cause of a degraded or failed state). Returns an unsubscribe function. */
   onStateChange?(cb: (state: DriverState, cause?: Error) => void): () => void;
   counters?(): DriverCounters;

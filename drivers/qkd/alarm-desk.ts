@@ -11,40 +11,69 @@ const KIND: Record<number, QkdAlarm['kind']> = { [AlarmKind.QBER_THRESHOLD]: 'qb
 const REMEMBERED = 256;
 const PENDING = 64;
 
+export type AlarmListener = (a: QkdAlarm) => void | Promise<void>;
+
 export class AlarmDesk {
-  readonly #cbs = new Set<(a: QkdAlarm) => void>();
+  readonly #cbs = new Set<AlarmListener>();
   readonly #pending: QkdAlarm[] = [];
+  /** Alarms handled by every listener (and acknowledged). */
   readonly #seen: string[] = [];
+  /** Alarms being handled now. */
+  readonly #busy = new Set<string>();
 
-  constructor(readonly log: Logger) {}
+  /**
+   * `ack` is called once every listener has handled an alarm (the listeners'
+   * promises resolved, e.g. the store made the discard durable): only then is
+   * the module told to stop repeating it. A listener that fails leaves the
+   * alarm unacknowledged, so the module's next repeat is handled again.
+   */
+  constructor(
+    readonly log: Logger,
+    private readonly ack: (a: QkdAlarm) => void = () => {},
+  ) {}
 
-  subscribe(cb: (a: QkdAlarm) => void): () => void {
+  subscribe(cb: AlarmListener): () => void {
     this.#cbs.add(cb);
-    for (const a of this.#pending.splice(0)) this.#call(cb, a);
+    for (const a of this.#pending.splice(0)) this.#dispatch(a);
     return () => this.#cbs.delete(cb);
   }
 
   /** An ALARM frame: the alarm if it is new (and hands it to the listeners), undefined for a repeat. */
   receive(m: Extract<Message, { type: 'alarm' }>): QkdAlarm | undefined {
-    const key = `${m.kind}/${m.firstBlockId}/${m.lastBlockId}`;
-    if (this.#seen.includes(key)) return undefined;
-    this.#seen.push(key);
-    if (this.#seen.length > REMEMBERED) this.#seen.shift();
-    const alarm: QkdAlarm = { kind: KIND[m.kind] ?? 'unknown', firstBlockId: m.firstBlockId, lastBlockId: m.lastBlockId, qber: m.qberPpm / 1e6 };
+    const key = keyOf(m);
+    if (this.#seen.includes(key) || this.#busy.has(key) || this.#pending.some((p) => keyOf(p) === key)) {
+      if (this.#seen.includes(key)) this.ack(toAlarm(m)); // handled already: the ack was lost
+      return undefined;
+    }
+    const alarm = toAlarm(m);
     this.log.warn({ ...alarm }, 'qkd module alarm');
     if (this.#cbs.size === 0) {
       this.#pending.push(alarm);
       if (this.#pending.length > PENDING) this.#pending.shift();
+    } else {
+      this.#dispatch(alarm);
     }
-    for (const cb of this.#cbs) this.#call(cb, alarm);
     return alarm;
   }
 
-  #call(cb: (a: QkdAlarm) => void, a: QkdAlarm): void {
-    try {
-      cb(a);
-    } catch (e) {
-      this.log.error({ err: (e as Error).message }, 'qkd alarm listener threw');
-    }
+  #dispatch(a: QkdAlarm): void {
+    const key = keyOf(a);
+    this.#busy.add(key);
+    Promise.all([...this.#cbs].map(async (cb) => cb(a)))
+      .then(() => {
+        this.#seen.push(key);
+        if (this.#seen.length > REMEMBERED) this.#seen.shift();
+        this.ack(a);
+      })
+      .catch((e: Error) => this.log.error({ err: e.message, ...a }, 'qkd alarm not handled; the module will repeat it'))
+      .finally(() => this.#busy.delete(key));
   }
+}
+
+function keyOf(a: { firstBlockId: number; lastBlockId: number }): string {
+  return `${a.firstBlockId}/${a.lastBlockId}`;
+}
+
+function toAlarm(m: Extract<Message, { type: 'alarm' }>): QkdAlarm {
+  return { kind: KIND[m.kind] ?? 'unknown', firstBlockId: m.firstBlockId, lastBlockId: m.lastBlockId, qber: m.qberPpm / 1e6 };
 }

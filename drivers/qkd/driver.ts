@@ -58,7 +58,9 @@ export class ProtocolDriver implements QkdModuleDriver {
     this.#log = opts.logger;
     this.#flow = new BlockFlow(opts.window ?? 64);
     this.#waitress = new Waitress(this.#clock);
-    this.#alarms = new AlarmDesk(this.#log);
+    this.#alarms = new AlarmDesk(this.#log, (a) =>
+      this.#link?.send({ type: 'alarm_ack', firstBlockId: a.firstBlockId, lastBlockId: a.lastBlockId }),
+    );
     this.#reconnector = new Reconnector({
       clock: this.#clock,
       backoff: { ...DEFAULT_BACKOFF, ...opts.backoff },
@@ -181,7 +183,8 @@ export class ProtocolDriver implements QkdModuleDriver {
     this.#sendAll(this.#flow.ack(blockId));
   }
 
-  onAlarm(cb: (alarm: QkdAlarm) => void): () => void {
+  /** The alarm is acknowledged to the module once every listener's promise has resolved. */
+  onAlarm(cb: (alarm: QkdAlarm) => void | Promise<void>): () => void {
     return this.#alarms.subscribe(cb);
   }
 
@@ -325,7 +328,6 @@ export class ProtocolDriver implements QkdModuleDriver {
   }
 
   #onAlarm(m: Extract<Message, { type: 'alarm' }>): void {
-    this.#link?.send({ type: 'alarm_ack', firstBlockId: m.firstBlockId, lastBlockId: m.lastBlockId });
     // Drop the range from what waits for the consumer first, then tell the listeners.
     this.#flow.alarm(m.firstBlockId, m.lastBlockId);
     if (this.#alarms.receive(m)) this.#c.alarms++;

@@ -72,7 +72,7 @@ async function main(): Promise<void> {
   });
 
   try {
-    await start(cfg, logger, stop.signal, cleanups);
+    await start(cfg, logger, stop.signal, cleanups, () => void shutdown(1));
   } catch (e) {
     if (e instanceof MasterKeyError || e instanceof RegistryError || e instanceof ConfigError) {
       logger.fatal({ err: e.message }, 'cannot start');
@@ -84,7 +84,9 @@ async function main(): Promise<void> {
   }
 }
 
-async function start(cfg: NodeConfig, logger: Logger, signal: AbortSignal, cleanups: Array<() => Promise<void> | void>): Promise<void> {
+async function start(
+  cfg: NodeConfig, logger: Logger, signal: AbortSignal, cleanups: Array<() => Promise<void> | void>, fatal: () => void,
+): Promise<void> {
   process.umask(0o077); // the store, its WAL and the sockets' folders are ours alone
   mkdirSync(cfg.state_dir, { recursive: true, mode: 0o700 });
   const registry = await Registry.open(cfg.registry_file);
@@ -96,7 +98,10 @@ async function start(cfg: NodeConfig, logger: Logger, signal: AbortSignal, clean
   const sealer = new Sealer(dataKey);
   dataKey.fill(0);
   cleanups.push(() => sealer.destroy());
-  const batcher = new TxBatcher(store.db, logger);
+  const batcher = new TxBatcher(store.db, logger, (e) => {
+    logger.fatal({ err: (e as Error).message }, 'the key store could not be flushed to disk; stopping');
+    fatal();
+  });
   cleanups.push(async () => {
     await batcher.drain();
     batcher.close();
@@ -122,11 +127,8 @@ async function start(cfg: NodeConfig, logger: Logger, signal: AbortSignal, clean
     byLinkId.set(l.link_id, sync);
     const driver = createModuleDriver(l, cfg.kme_id, clock, logger);
     drivers.set(l.link_id, driver);
-    driver.onAlarm?.((a) => {
-      sync.onModuleAlarm(a.firstBlockId, a.lastBlockId, a.kind).catch((e) =>
-        logger.error({ link: l.link_id, err: (e as Error).message }, 'could not apply an alarm'),
-      );
-    });
+    // Resolves once the discard is durable; only then does the driver acknowledge the alarm.
+    driver.onAlarm?.((a) => sync.onModuleAlarm(a.firstBlockId, a.lastBlockId, a.kind));
     driver.onStateChange?.((state, cause) => logger.info({ link: l.link_id, state, cause: cause?.message }, 'QKD module driver state'));
     await driver.open().catch((e) => logger.error({ link: l.link_id, err: (e as Error).message }, 'QKD module not ready yet; the driver keeps trying'));
     cleanups.push(() => driver.close());

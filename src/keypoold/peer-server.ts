@@ -82,7 +82,8 @@ async function dispatch(links: Map<string, LinkSync>, cn: string, op: string, ra
     case 'query':
       return link.onQuery(rids);
     case 'alarm':
-      return link.applyAlarm(Number(args.first), Number(args.last), String(args.reason ?? 'peer alarm'), 'peer');
+      if (typeof args.first !== 'number' || typeof args.last !== 'number') throw new KmeError('BAD_REQUEST', 'alarm needs numbers first and last');
+      return link.applyAlarm(args.first, args.last, String(args.reason ?? 'peer alarm'), 'peer');
     default:
       throw new KmeError('BAD_REQUEST', `unknown operation ${op}`);
   }

@@ -42,9 +42,17 @@ export class TxBatcher {
   readonly #runOne: (w: () => unknown) => unknown;
   readonly #runAll: (items: Item[]) => void;
 
-  constructor(db: Db, logger: Logger) {
+  readonly #onFsyncError: (e: unknown) => void;
+
+  /**
+   * `onFsyncError`: a failed fsync may have dropped pages that a later fsync
+   * would not report, so nothing committed afterwards could be trusted: the
+   * daemon should stop (and be restarted) rather than go on.
+   */
+  constructor(db: Db, logger: Logger, onFsyncError: (e: unknown) => void = () => {}) {
     this.#db = db;
     this.#logger = logger;
+    this.#onFsyncError = onFsyncError;
     this.#walPath = `${db.name}-wal`;
     this.#runOne = db.transaction((w: () => unknown) => w());
     this.#runAll = db.transaction((items: Item[]) => {
@@ -123,12 +131,16 @@ export class TxBatcher {
     try {
       fd = this.#walFd ??= openSync(this.#walPath, fsc.O_RDONLY);
     } catch (e) {
-      return this.#failed(cohort, e);
+      this.#failed(cohort, e);
+      return this.#onFsyncError(e);
     }
     this.#syncing = true;
     fsync(fd, (err) => {
       this.#syncing = false;
-      if (err) this.#failed(cohort, err);
+      if (err) {
+        this.#failed(cohort, err);
+        return this.#onFsyncError(err);
+      }
       else for (const it of cohort) (it.ok ? it.resolve : it.reject)(it.value);
       if (this.#queue.length > 0 && !this.#scheduled) this.#flush();
       else this.#sync();

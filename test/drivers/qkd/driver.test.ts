@@ -314,11 +314,13 @@ describe('ProtocolDriver: faults', () => {
     module.producedUpTo = 4;
     const first = await take(driver, 0, 5);
     expect(ids(first)).toEqual(range(0, 5));
-    driver.onAlarm((a) => alarms.push(a));
+    driver.onAlarm((a) => {
+      alarms.push(a);
+    });
     const alarm = { type: 'alarm' as const, kind: 2, firstBlockId: 3, lastBlockId: 7, qberPpm: 110_000 };
     module.send(alarm);
     module.send(alarm); // a repeat
-    await until(() => module.count('alarm_ack') === 2);
+    await until(() => module.count('alarm_ack') >= 1);
     expect(alarms).toEqual([{ kind: 'eavesdropping', firstBlockId: 3, lastBlockId: 7, qber: 0.11 }]);
     module.produce(12);
     const rest = await take(driver, 5, 5);
@@ -332,7 +334,30 @@ describe('ProtocolDriver: faults', () => {
     module.send({ type: 'alarm', kind: 9, firstBlockId: 0, lastBlockId: 0, qberPpm: 0 });
     await until(() => driver.counters!().alarms === 1);
     const seen: QkdAlarm[] = [];
-    driver.onAlarm((a) => seen.push(a));
+    driver.onAlarm((a) => {
+      seen.push(a);
+    });
     expect(seen).toEqual([{ kind: 'unknown', firstBlockId: 0, lastBlockId: 0, qber: 0 }]);
+    await until(() => module.count('alarm_ack') === 1);
+  });
+
+  it('an alarm is acknowledged only once the listener has handled it; a failure leaves it to the next repeat', async () => {
+    const { module, driver } = setup();
+    await driver.open();
+    let fail = true;
+    let handled = 0;
+    driver.onAlarm(async () => {
+      await new Promise((r) => setTimeout(r, 5));
+      if (fail) throw new Error('store unavailable');
+      handled++;
+    });
+    const alarm = { type: 'alarm' as const, kind: 1, firstBlockId: 2, lastBlockId: 3, qberPpm: 90_000 };
+    module.send(alarm);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(module.count('alarm_ack')).toBe(0);
+    fail = false;
+    module.send(alarm); // the module repeats an unacknowledged alarm
+    await until(() => module.count('alarm_ack') === 1);
+    expect(handled).toBe(1);
   });
 });
