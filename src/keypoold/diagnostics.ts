@@ -19,7 +19,12 @@ export async function linkDiagnostics(kmeId: string, links: DiagLink[]): Promise
     kme_id: kmeId,
     links: await Promise.all(
       links.map(async ({ sync, pool, driver }) => {
-        const status = await driver.linkStatus().catch((e: Error) => ({ up: false, error: e.message }));
+        // The driver's last LINK_STATUS when it keeps one: a tool asking should not load the module.
+        const c = driver.counters?.();
+        const status =
+          c && 'linkUp' in c
+            ? { up: c.linkUp === 1, qber: (c.qberPpm ?? 0) / 1e6, keyRateBps: c.keyRateBps ?? 0 }
+            : await driver.linkStatus().catch((e: Error) => ({ up: false, error: e.message }));
         const st = pool.stats();
         return {
           link_id: sync.linkId,

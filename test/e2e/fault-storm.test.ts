@@ -112,4 +112,20 @@ describe('fault storm', () => {
     expect(link.module.counters.crcErrors).toBeGreaterThan(0);
     expect(link.module.counters.alarms).toBeGreaterThan(0);
   }, 120_000);
+
+  it('an alarm only one module raises reaches the other KME over the peer channel', async () => {
+    const since = Date.now();
+    const heardFromPeer = () =>
+      demoNet()
+        .proc('KME_B', 'kme-keypoold')
+        .output('stdout')
+        .some((l) => l.includes('"from":"peer"') && (JSON.parse(l) as { time: number }).time >= since);
+    // KME_B's module is stalled, so only KME_A's module can report the eavesdropper for now.
+    await demoNet().fault('stall', 4, '1');
+    await demoNet().fault('eavesdrop-alarm', 1);
+    for (let i = 0; i < 30 && !heardFromPeer(); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(heardFromPeer()).toBe(true);
+    expect(Date.now() - since).toBeLessThan(4000); // before KME_B's own module could speak again
+    await demoNet().waitForStock('SAE_A1', 'SAE_B1', 5, 30_000);
+  }, 60_000);
 });

@@ -88,8 +88,9 @@ export class DemoNet {
   }
 
   /** Inject a fault into the running simulator (`link-down`, 5) and return what the control command printed. */
-  async fault(name: string, seconds: number): Promise<string> {
-    const p = startProcess([...this.demo.qkd_sim.control, name, String(seconds)], { cwd: this.demo.root, name: `fault ${name}` });
+  async fault(name: string, seconds: number, module?: string): Promise<string> {
+    const only = module === undefined ? [] : ['--module', module];
+    const p = startProcess([...this.demo.qkd_sim.control, ...only, name, String(seconds)], { cwd: this.demo.root, name: `fault ${name}` });
     const exit = await p.waitForExit(10_000);
     if (exit.code !== 0) throw new Error(`fault ${name} failed: ${p.describeExit()}`);
     return p.output('stdout').join('\n');
@@ -161,13 +162,14 @@ export async function startDemoNet(opts: StartOptions = {}): Promise<DemoNet> {
   const [a1, a2, p1, p2] = await freePorts(4);
   const demo = await prepareDemo(repoRoot, { dir, apiPorts: [a1!, a2!], peerPorts: [p1!, p2!], rateBps: opts.rateBps ?? 4_000_000 });
   const net = new DemoNet(demo, dir);
-  if (opts.patchConfig) {
-    for (const n of demo.nodes) {
-      const f = net.path(n.config);
-      const cfg = JSON.parse(readFileSync(f, 'utf8'));
-      opts.patchConfig(cfg, n.kme_id);
-      writeFileSync(f, JSON.stringify(cfg, null, 2));
-    }
+  for (const n of demo.nodes) {
+    const f = net.path(n.config);
+    const cfg = JSON.parse(readFileSync(f, 'utf8'));
+    // A loaded test machine can take more than the demo's 2 s for a peer's first answer after a
+    // restart (cold JIT, catching up on blocks); tests of the timeout itself set their own.
+    cfg.peer.timeout_ms = 10_000;
+    opts.patchConfig?.(cfg, n.kme_id);
+    writeFileSync(f, JSON.stringify(cfg, null, 2));
   }
   if (opts.patchSim) {
     const f = net.path(demo.qkd_sim.config);
