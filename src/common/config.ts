@@ -84,6 +84,9 @@ export const hidQkdSchema = z
   .strict();
 
 /** The in-process simulator (tests and benchmarks; the demo runs the simulator as its own process). */
+/** Every limit at its default (the schema's own field defaults). */
+export const DEFAULT_LIMITS = limitsSchema.parse({});
+
 export const simQkdSchema = z
   .object({
     driver: z.literal('sim'),
@@ -138,14 +141,7 @@ export const nodeConfigSchema = z
         timeout_ms: z.number().int().positive().default(2000),
       })
       .strict(),
-    limits: limitsSchema.default({
-      default_key_size: 256,
-      min_key_size: 64,
-      max_key_size: 8192,
-      max_key_per_request: 128,
-      max_key_count: 100000,
-      max_SAE_ID_count: 4,
-    }),
+    limits: limitsSchema.default(() => DEFAULT_LIMITS),
     /** Keys delivered to a master but not fetched by every slave are erased after this. */
     key_ttl_seconds: z.number().int().positive().default(300),
     /** The slave's KME keeps an unfetched key this much past the master KME's expiry (clock skew). */

@@ -279,7 +279,7 @@ export class LinkPool {
           keys.push(Buffer.concat(parts));
         }
         this.#store.db.transaction(() => {
-          this.#storeKeys(r.rid, r.master, r.slaves, r.key_ids, keys, r.expires_at);
+          storeKeyRecords(this.#store, this.#sealer, r.rid, r.master, r.slaves, r.key_ids, keys, r.expires_at);
           s.resPut.run({
             rid: r.rid, link, role: 'peer', state: 'committed', master: r.master, slaves: JSON.stringify(r.slaves),
             key_ids: JSON.stringify(r.key_ids), size: r.size, expires_at: r.expires_at, created_at: Date.now(), peer_acked: 1,
@@ -302,10 +302,6 @@ export class LinkPool {
         b.plain.fill(0);
       }
     }
-  }
-
-  #storeKeys(rid: string, master: string, slaves: string[], keyIds: string[], keys: Buffer[], expiresAt: number): void {
-    storeKeyRecords(this.#store, this.#sealer, rid, master, slaves, keyIds, keys, expiresAt);
   }
 }
 

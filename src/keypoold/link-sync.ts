@@ -87,7 +87,6 @@ export class LinkSync {
   #inFlight = 0;
   #peerHw = -1;
   #peerReachable = false;
-  #lastContact = 0;
   /** Alarm ranges seen by this process, to catch batches carved before an alarm and answered after it. */
   #alarmRanges: Array<{ seq: number; first: number; last: number; at: number }> = [];
   #alarmSeq = 0;
@@ -239,7 +238,6 @@ export class LinkSync {
     if (Number.isSafeInteger(hw)) this.#peerHw = hw;
     if (!this.#peerReachable) this.#d.logger.info({ link: this.linkId, peer: this.peerKmeId }, 'peer reachable');
     this.#peerReachable = true;
-    this.#lastContact = this.#d.clock.now();
   }
 
   #peerDown(e: unknown): void {
@@ -406,9 +404,5 @@ export class LinkSync {
 
   onHello(): HelloResponse {
     return { kme_id: this.#d.myKmeId, link: this.linkId, hw: this.#d.pool.highWater() };
-  }
-
-  get lastContact(): number {
-    return this.#lastContact;
   }
 }

@@ -1,17 +1,10 @@
 /** createEtsiApp wired to a FakePool, with the caller SAE ID passed as the request env. */
-import type { Limits } from '../../src/common/config.js';
+import { DEFAULT_LIMITS, type Limits } from '../../src/common/config.js';
 import { silentLogger } from '../../src/common/logger.js';
 import { createEtsiApp } from '../../src/api/app.js';
 import { FakePool } from './fake-pool.js';
 
-export const LIMITS: Limits = {
-  default_key_size: 256,
-  min_key_size: 64,
-  max_key_size: 8192,
-  max_key_per_request: 128,
-  max_key_count: 100000,
-  max_SAE_ID_count: 4,
-};
+export const LIMITS: Limits = DEFAULT_LIMITS;
 
 export function makeApp(opts: { limits?: Partial<Limits>; maxBodyBytes?: number } = {}) {
   const pool = new FakePool();
