@@ -3,7 +3,7 @@
  * Relative paths are resolved against the directory of the configuration file.
  */
 import { readFileSync } from 'node:fs';
-import { dirname, isAbsolute, resolve } from 'node:path';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
 
 const entityId = z.string().min(1).max(128);
@@ -101,6 +101,33 @@ export const simQkdSchema = z
   })
   .strict();
 
+/**
+ * Where the master key lives. `pkcs11`: an AES-256 token object (sensitive,
+ * non-extractable) in an HSM; the PIN comes from a file or a systemd
+ * credential, never from the command line. `file`: boards without an HSM.
+ */
+export const pkcs11MasterKeySchema = z
+  .object({
+    provider: z.literal('pkcs11'),
+    /** Path of the PKCS#11 library (e.g. /usr/lib/softhsm/libsofthsm2.so). */
+    module: z.string().min(1),
+    token_label: z.string().min(1).max(32),
+    key_label: z.string().min(1).max(64).default('kme-master'),
+    /** File holding the user PIN (mode 0600 or stricter). */
+    pin_file: z.string().min(1).optional(),
+    /** Name of a systemd credential (LoadCredential=) holding the PIN, read from $CREDENTIALS_DIRECTORY. */
+    pin_credential: z.string().min(1).optional(),
+  })
+  .strict()
+  .refine((m) => (m.pin_file === undefined) !== (m.pin_credential === undefined), {
+    message: 'give exactly one of pin_file and pin_credential',
+  });
+
+export const fileMasterKeySchema = z.object({ provider: z.literal('file'), path: z.string() }).strict();
+
+export const masterKeySchema = z.discriminatedUnion('provider', [fileMasterKeySchema, pkcs11MasterKeySchema]);
+export type MasterKeyConfig = z.infer<typeof masterKeySchema>;
+
 export const linkSchema = z
   .object({
     link_id: entityId,
@@ -146,9 +173,30 @@ export const nodeConfigSchema = z
     key_ttl_seconds: z.number().int().positive().default(300),
     /** The slave's KME keeps an unfetched key this much past the master KME's expiry (clock skew). */
     expiry_grace_seconds: z.number().int().nonnegative().default(5),
-    master_key: z.discriminatedUnion('provider', [
-      z.object({ provider: z.literal('file'), path: z.string() }).strict(),
-    ]),
+    master_key: masterKeySchema,
+    /** Pool policy per link. */
+    pool: z
+      .object({
+        /** A low-watermark event is raised when a link's available keys (default size) fall below this; default max_key_count / 10. */
+        low_watermark_keys: z.number().int().nonnegative().optional(),
+        /** Optional quota per (master, slave) SAE pair, so one SAE cannot drain a link: at most `keys` keys per `per_seconds`. */
+        sae_pair_quota: z
+          .object({ keys: z.number().int().positive(), per_seconds: z.number().int().positive() })
+          .strict()
+          .optional(),
+      })
+      .strict()
+      .default(() => ({})),
+    /** The hash-chained audit trail of key events (never key material). */
+    audit: z
+      .object({
+        /** Folder of the audit log segments; default: <state_dir>/audit. */
+        dir: z.string().optional(),
+        /** A segment is closed and a new one begun past this size. */
+        segment_bytes: z.number().int().min(4096).default(64 * 1024 * 1024),
+      })
+      .strict()
+      .default(() => ({ segment_bytes: 64 * 1024 * 1024 })),
     links: z.array(linkSchema).default([]),
     log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   })
@@ -190,7 +238,14 @@ export function parseConfig(raw: unknown, baseDir: string): NodeConfig {
     keypoold: { socket: abs(c.keypoold.socket) },
     api: { ...c.api, tls: mapTls(c.api.tls, abs) },
     peer: { ...c.peer, tls: mapTls(c.peer.tls, abs) },
-    master_key: { ...c.master_key, path: abs(c.master_key.path) },
+    master_key:
+      c.master_key.provider === 'file'
+        ? { ...c.master_key, path: abs(c.master_key.path) }
+        : {
+            ...c.master_key,
+            ...(c.master_key.pin_file !== undefined ? { pin_file: abs(c.master_key.pin_file) } : {}),
+          },
+    audit: { ...c.audit, dir: abs(c.audit.dir ?? join(c.state_dir, 'audit')) },
     links: c.links.map((l) => ({ ...l, qkd: resolveQkdPaths(l.qkd, abs) })),
   };
 }

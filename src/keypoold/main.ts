@@ -92,6 +92,7 @@ async function start(
   const registry = await Registry.open(cfg.registry_file);
   const store = new Store(openDb(join(cfg.state_dir, 'keystore.sqlite')));
   cleanups.push(() => store.close());
+  if (cfg.master_key.provider !== 'file') throw new MasterKeyError('the pkcs11 master key provider is not wired in yet');
   const masterKey = FileMasterKeyProvider.open(cfg.master_key.path, logger);
   cleanups.push(() => masterKey.close());
   const dataKey = await openDataKey(store, masterKey);

@@ -91,7 +91,7 @@ describe('prepareDemo, first run', () => {
     expect(a!.registry_file).toBe(at('var/demo/KME_A/registry.json'));
     expect(a!.keypoold.socket).toBe(at('var/demo/KME_A/keypoold.sock'));
     expect(a!.master_key).toEqual({ provider: 'file', path: at('var/demo/KME_A/master.key') });
-    expect(existsSync(a!.master_key.path)).toBe(false); // keypoold creates it
+    expect(existsSync((a!.master_key as { path: string }).path)).toBe(false); // keypoold creates it
     expect(a!.api).toMatchObject({ host: '127.0.0.1', port: 8443 });
     expect(a!.api.tls).toEqual({
       cert: at('var/demo/pki/KME_A.api.crt'),
