@@ -14,7 +14,6 @@ import { createModuleDriver } from './module-driver.js';
 import { serveNdjson } from '../ipc/ndjson-server.js';
 import { FileMasterKeyProvider, MasterKeyError } from './master-key.js';
 import { openDb, Store } from './store.js';
-import { Sealer } from './seal.js';
 import { TxBatcher } from './tx-batcher.js';
 import { Registry, RegistryError } from './registry.js';
 import { LinkPool } from './link-pool.js';
@@ -23,7 +22,8 @@ import { PeerClient } from './peer-client.js';
 import { startPeerServer } from './peer-server.js';
 import { runIngest } from './ingest.js';
 import { KeyService } from './key-service.js';
-import { openDataKey } from './data-key.js';
+import { DataKeyRing, type WrappingKey } from './data-key.js';
+import { Rekeyer } from './rekey.js';
 import { dispatchPoolOp } from './local-api.js';
 import { linkDiagnostics } from './diagnostics.js';
 
@@ -95,10 +95,6 @@ async function start(
   if (cfg.master_key.provider !== 'file') throw new MasterKeyError('the pkcs11 master key provider is not wired in yet');
   const masterKey = FileMasterKeyProvider.open(cfg.master_key.path, logger);
   cleanups.push(() => masterKey.close());
-  const dataKey = await openDataKey(store, masterKey);
-  const sealer = new Sealer(dataKey);
-  dataKey.fill(0);
-  cleanups.push(() => sealer.destroy());
   const batcher = new TxBatcher(store.db, logger, (e) => {
     logger.fatal({ err: (e as Error).message }, 'the key store could not be flushed to disk; stopping');
     fatal();
@@ -107,7 +103,20 @@ async function start(
     await batcher.drain();
     batcher.close();
   });
+  const wrapping: WrappingKey = {
+    currentKeyId: 'file',
+    wrap: async (k) => ({ keyId: 'file', wrapped: await masterKey.wrap(k) }),
+    unwrap: (w) => masterKey.unwrap(w),
+    rotate: async () => 'file',
+    retire: async () => {},
+  };
+  const ring = await DataKeyRing.open(store, wrapping, (w) => batcher.run(w), logger);
+  const sealer = ring.sealer;
+  cleanups.push(() => sealer.destroy());
   const clock = systemClock;
+  const rekeyer = new Rekeyer({ store, ring, batcher, clock, logger });
+  cleanups.push(() => rekeyer.stop());
+  rekeyer.start();
   const ttlMs = cfg.key_ttl_seconds * 1000;
   const graceMs = cfg.expiry_grace_seconds * 1000;
 

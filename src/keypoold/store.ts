@@ -107,6 +107,18 @@ export class Store {
     this.#s = {
       metaGet: db.prepare<[string], { v: Buffer }>('SELECT v FROM meta WHERE k = ?'),
       metaPut: db.prepare('INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)'),
+      metaDelete: db.prepare('DELETE FROM meta WHERE k = ?'),
+      metaPrefix: db.prepare<[string, string], { k: string; v: Buffer }>('SELECT k, v FROM meta WHERE k >= ? AND k < ? ORDER BY k'),
+      /** Re-encryption passes (rekey.ts): sealed records in a stable order, a chunk at a time. */
+      rekeyBlocks: db.prepare<[number, number], { r: number; link: string; block_id: number; sealed: Buffer; start_bit: number }>(
+        `SELECT d.rowid AS r, d.link, d.block_id, d.sealed, b.start_bit FROM block_data d
+           JOIN blocks b ON b.link = d.link AND b.block_id = d.block_id WHERE d.rowid > ? ORDER BY d.rowid LIMIT ?`,
+      ),
+      rekeyBlockPut: db.prepare('UPDATE block_data SET sealed = ? WHERE rowid = ?'),
+      rekeyKeys: db.prepare<[string, number], { key_id: string; sealed: Buffer }>('SELECT key_id, sealed FROM keys WHERE key_id > ? ORDER BY key_id LIMIT ?'),
+      rekeyKeyPut: db.prepare('UPDATE keys SET sealed = ? WHERE key_id = ?'),
+      countBlockData: db.prepare<[], { n: number }>('SELECT count(*) AS n FROM block_data'),
+      countKeys: db.prepare<[], { n: number }>('SELECT count(*) AS n FROM keys'),
       hwGet: db.prepare<[string], { high_water: number }>('SELECT high_water FROM link_state WHERE link = ?'),
       hwPut: db.prepare('INSERT OR REPLACE INTO link_state (link, high_water) VALUES (?, ?)'),
       blockPut: db.prepare(
@@ -176,6 +188,15 @@ export class Store {
 
   putMeta(k: string, v: Buffer): void {
     this.#s.metaPut.run(k, v);
+  }
+
+  deleteMeta(k: string): void {
+    this.#s.metaDelete.run(k);
+  }
+
+  /** Meta rows whose key starts with `prefix`, in key order. */
+  metaWithPrefix(prefix: string): Array<{ k: string; v: Buffer }> {
+    return this.#s.metaPrefix.all(prefix, prefix + '\uffff');
   }
 
   highWater(link: string): number {
