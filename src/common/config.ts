@@ -146,8 +146,13 @@ export const nodeConfigSchema = z
     registry_file: z.string(),
     keypoold: z
       .object({
-        /** Unix socket of keypoold's local API (used by kme-api and maintenance tools). */
+        /** Unix socket of keypoold's pool API for kme-api (status, enc_keys, dec_keys, whoami, health). */
         socket: z.string(),
+        /**
+         * Unix socket of the maintenance tools (every pool op plus diag and
+         * rotation); kme-api never gets it. Default: keypoold-admin.sock beside `socket`.
+         */
+        admin_socket: z.string().optional(),
       })
       .strict(),
     api: z
@@ -235,7 +240,10 @@ export function parseConfig(raw: unknown, baseDir: string): NodeConfig {
     ...c,
     state_dir: abs(c.state_dir),
     registry_file: abs(c.registry_file),
-    keypoold: { socket: abs(c.keypoold.socket) },
+    keypoold: {
+      socket: abs(c.keypoold.socket),
+      admin_socket: abs(c.keypoold.admin_socket ?? join(dirname(c.keypoold.socket), 'keypoold-admin.sock')),
+    },
     api: { ...c.api, tls: mapTls(c.api.tls, abs) },
     peer: { ...c.peer, tls: mapTls(c.peer.tls, abs) },
     master_key:

@@ -28,6 +28,8 @@ export interface DemoNode {
   state_dir: string;
   registry_file: string;
   keypoold_socket: string;
+  /** keypoold's maintenance socket (diag, rotation; what kmectl talks to). */
+  admin_socket: string;
   /** This node's KME-to-KME listener (what its peer dials). */
   peer_url: string;
   api_cert: string;

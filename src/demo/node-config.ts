@@ -14,8 +14,11 @@ export interface NodeConfigInput {
   demoDir: string;
   /** Absolute folder of this node (holds config.json). */
   nodeDir: string;
-  /** Absolute socket path; written relative when it lies under nodeDir. */
+  /** Absolute socket paths (kme-api's, the maintenance tools'); written relative when under nodeDir. */
   socket: string;
+  adminSocket: string;
+  /** The master_key section, as written (paths relative to nodeDir). */
+  masterKey: Record<string, unknown>;
   apiPort: number;
   peerPort: number;
   pki: DemoPki;
@@ -46,7 +49,7 @@ export function buildNodeConfig(c: NodeConfigInput): Record<string, unknown> {
     kme_id: c.kmeId,
     state_dir: 'state',
     registry_file: 'registry.json',
-    keypoold: { socket: rel(c.socket) },
+    keypoold: { socket: rel(c.socket), admin_socket: rel(c.adminSocket) },
     api: {
       host: DEMO_HOST,
       port: c.apiPort,
@@ -61,7 +64,7 @@ export function buildNodeConfig(c: NodeConfigInput): Record<string, unknown> {
     },
     limits: { ...DEMO_LIMITS },
     key_ttl_seconds: 300,
-    master_key: { provider: 'file', path: 'master.key' },
+    master_key: c.masterKey,
     links: [
       {
         link_id: c.link.link_id,

@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { ConfigError, parseConfig, simQkdSchema, type NodeConfig } from '../common/config.js';
 import type { DemoDescription, DemoJson, DemoNode } from './description.js';
+import { ensureDemoSoftHsm, provisionMasterKey, type DemoSoftHsm } from './softhsm.js';
 import { ensureDir, isInside, readIfExists, SECRET_MODE, writeFileDurable, type FileLog } from './files.js';
 import { buildNodeConfig, buildRegistry } from './node-config.js';
 import { buildSimConfig } from './sim-config.js';
@@ -81,6 +82,11 @@ export async function prepareDemo(root: string, opts: PrepareOptions = {}): Prom
   // A folder that may vanish (a socket folder under a tmpfs /tmp).
   ensureDir(dirname(sim.config.control.path), 0o700);
 
+  // The master keys on SoftHSM2 tokens when it is installed (else in files; keypoold warns).
+  for (const n of DEMO_NODES) ensureDir(join(dir, n.kme_id), 0o700);
+  const hsm = ensureDemoSoftHsm(dir, DEMO_NODES.map((n) => n.kme_id), (id) => join(dir, id, 'hsm.pin'), log);
+  if (!hsm) notes.push('SoftHSM2 not found: the master keys are kept in files, not an HSM (install softhsm2 for the PKCS#11 path)');
+
   const configs: NodeConfig[] = DEMO_NODES.map((n, i) => {
     const other = DEMO_NODES[1 - i]!;
     const nodeDir = dirname(configFiles[i]!);
@@ -102,6 +108,10 @@ export async function prepareDemo(root: string, opts: PrepareOptions = {}): Prom
         demoDir: dir,
         nodeDir,
         socket: socketPath(dir, nodeDir, 'keypoold.sock', n.kme_id),
+        adminSocket: socketPath(dir, nodeDir, 'admin.sock', `${n.kme_id}-admin`),
+        masterKey: hsm
+          ? { provider: 'pkcs11', module: hsm.module, token_label: n.kme_id, key_label: 'kme-master', pin_file: 'hsm.pin' }
+          : { provider: 'file', path: 'master.key' },
         apiPort: apiPorts[i]!,
         peerPort: peerPorts[i]!,
         pki,
@@ -124,6 +134,7 @@ export async function prepareDemo(root: string, opts: PrepareOptions = {}): Prom
     }
     // Folders that may vanish (a socket folder under a tmpfs /tmp) or were never made.
     ensureDir(dirname(config.keypoold.socket), 0o700);
+    ensureDir(dirname(config.keypoold.admin_socket!), 0o700);
     ensureDir(config.state_dir, 0o700);
     ensureRegistry(config.registry_file, log);
     const mismatch = moduleMismatch(config, link, sim.config);
@@ -133,8 +144,14 @@ export async function prepareDemo(root: string, opts: PrepareOptions = {}): Prom
     return config;
   });
 
+  configs.forEach((c, i) => {
+    if (c.master_key.provider === 'pkcs11') {
+      if (!hsm) throw new Error(`${configFiles[i]} keeps its master key in an HSM, but SoftHSM2 is not installed: install softhsm2 or delete the file`);
+      provisionMasterKey(absRoot, configFiles[i]!, hsm);
+    }
+  });
   const show = (p: string) => (isInside(absRoot, p) ? relative(absRoot, p) || '.' : p);
-  const json = describe(configs, configFiles, pki, sim, show);
+  const json = describe(configs, configFiles, pki, sim, show, hsm);
   const file = join(dir, 'demo.json');
   const text = JSON.stringify(json, null, 2) + '\n';
   if (readIfExists(file) !== text) {
@@ -146,7 +163,9 @@ export async function prepareDemo(root: string, opts: PrepareOptions = {}): Prom
   return { ...json, root: absRoot, dir, file, written: log.written, reused: log.reused, notes };
 }
 
-function describe(configs: NodeConfig[], configFiles: string[], pki: DemoPki, sim: DemoSimFiles, show: (p: string) => string): DemoJson {
+function describe(
+  configs: NodeConfig[], configFiles: string[], pki: DemoPki, sim: DemoSimFiles, show: (p: string) => string, hsm: DemoSoftHsm | undefined,
+): DemoJson {
   const nodes: DemoNode[] = configs.map((c, i) => {
     const spec = DEMO_NODES.find((n) => n.kme_id === c.kme_id)!;
     const configArgs = ['--config', show(configFiles[i]!)];
@@ -156,7 +175,11 @@ function describe(configs: NodeConfig[], configFiles: string[], pki: DemoPki, si
       processes: [
         {
           name: 'kme-keypoold',
-          argv: ['node', 'dist/src/keypoold/main.js', ...configArgs],
+          // SoftHSM2 finds the demo's tokens through SOFTHSM2_CONF.
+          argv: [
+            ...(c.master_key.provider === 'pkcs11' && hsm ? ['env', `SOFTHSM2_CONF=${hsm.confPath}`] : []),
+            'node', 'dist/src/keypoold/main.js', ...configArgs,
+          ],
           ready: { unix_socket: show(c.keypoold.socket) },
         },
         {
@@ -174,6 +197,7 @@ function describe(configs: NodeConfig[], configFiles: string[], pki: DemoPki, si
       state_dir: show(c.state_dir),
       registry_file: show(c.registry_file),
       keypoold_socket: show(c.keypoold.socket),
+      admin_socket: show(c.keypoold.admin_socket!),
       peer_url: `https://${c.peer.host}:${c.peer.port}`,
       api_cert: show(c.api.tls.cert),
       api_key: show(c.api.tls.key),

@@ -35,7 +35,7 @@ export async function runDemo(args: string[], io: RunIo): Promise<number> {
   if (args.includes('--prepare-only')) return 0;
 
   const specs = serviceSpecs(desc);
-  const missing = specs.map((s) => s.argv[1]!).filter((f) => !existsSync(resolve(desc.root, f)));
+  const missing = specs.map((s) => s.argv.find((a) => a.endsWith('.js'))!).filter((f) => !existsSync(resolve(desc.root, f)));
   if (missing.length > 0) {
     io.err(`not built: ${[...new Set(missing)].join(', ')} missing; run \`npm run build\` (npm start does it)`);
     return 1;

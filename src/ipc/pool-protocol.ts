@@ -69,6 +69,10 @@ export interface PoolOps {
   health: { args: Record<string, never>; result: HealthResult };
   /** Per-link diagnostics: module driver state and counters, pool, peer. */
   diag: { args: Record<string, never>; result: DiagResult };
+  /** Start a rotation: `master` rewraps the data keys under a new master key (done when it answers); `data` starts re-encrypting the store under a new data key. */
+  rotate: { args: { what: 'master' | 'data' }; result: RotationStatus };
+  /** How the last rotation stands. */
+  rotation_status: { args: Record<string, never>; result: RotationStatus };
 }
 
 export interface DiagResult {
@@ -89,7 +93,36 @@ export interface DiagResult {
 export interface HealthResult {
   kme_id: string;
   ok: boolean;
-  links: Array<{ link_id: string; peer_kme_id: string; peer_reachable: boolean; owned_available_bits: number; blocks: number }>;
+  /** False while the node refuses to serve keys; `stop_reason` says why. */
+  serving: boolean;
+  stop_reason?: string;
+  links: Array<{
+    link_id: string;
+    peer_kme_id: string;
+    peer_reachable: boolean;
+    owned_available_bits: number;
+    blocks: number;
+    /** Keys of the default size this node can hand out on the link now. */
+    available_keys: number;
+    /** Below the low watermark. */
+    low: boolean;
+  }>;
+}
+
+/** Progress of a rotation (data key re-encryption runs in the background). */
+export interface RotationStatus {
+  master_key: { provider: string; key_id: string };
+  data_key: {
+    generation: number;
+    state: 'idle' | 'running' | 'done' | 'failed';
+    replacing: number[];
+    done: number;
+    total: number;
+    resealed: number;
+    started_at?: string;
+    finished_at?: string;
+    error?: string;
+  };
 }
 
 export type PoolOp = keyof PoolOps;

@@ -4,7 +4,7 @@
  * same-node pair), and one-shot delivery to slaves.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
-import { EtsiMessage, badRequest, unauthorized } from '../common/errors.js';
+import { EtsiMessage, KmeError, badRequest, unauthorized, unavailable } from '../common/errors.js';
 import type { Limits } from '../common/config.js';
 import type { Logger } from '../common/logger.js';
 import type { Clock } from '../../drivers/types.js';
@@ -12,6 +12,9 @@ import type { DecKeysArgs, EncKeysArgs, HealthResult, KeyResult, StatusArgs, Sta
 import { keyAad } from './block-aad.js';
 import { storeKeyRecords, type LinkPool } from './link-pool.js';
 import type { IssuedKey, LinkSync } from './link-sync.js';
+import type { Audit } from './audit-sink.js';
+import type { LowWatermark } from './low-watermark.js';
+import type { PairQuota } from './pair-quota.js';
 import type { Registry } from './registry.js';
 import type { Sealer } from './seal.js';
 import type { Store } from './store.js';
@@ -31,6 +34,15 @@ export interface KeyServiceDeps {
   links: Map<string, { sync: LinkSync; pool: LinkPool }>;
   clock: Clock;
   logger: Logger;
+  /** The audit trail; `flush` makes recorded events durable. */
+  audit?: Audit;
+  auditFlush?: () => Promise<void>;
+  /** Low-watermark events per link. */
+  lowWatermark?: LowWatermark;
+  /** Optional quota per SAE pair. */
+  quota?: PairQuota;
+  /** Why the node must not serve keys now (e.g. its HSM is gone), or undefined when it may. */
+  stopReason?: () => string | undefined;
 }
 
 type Route = { kind: 'local' } | { kind: 'link'; sync: LinkSync };
@@ -86,7 +98,14 @@ export class KeyService {
     if (extra > l.max_SAE_ID_count) throw badRequest(`at most ${l.max_SAE_ID_count} additional_slave_SAE_IDs`);
   }
 
+  /** Fail closed while the node must not serve keys (503, saying why). */
+  #requireServing(): void {
+    const why = this.#d.stopReason?.();
+    if (why !== undefined) throw unavailable(`${this.#d.kmeId} is not serving keys: ${why}`);
+  }
+
   status(a: StatusArgs): StatusResult {
+    this.#requireServing();
     const route = this.#route(a.caller, [a.slave]);
     const l = this.#d.limits;
     const stored = route.kind === 'local' ? l.max_key_count : Math.min(l.max_key_count, route.sync.availableKeys(l.default_key_size));
@@ -108,14 +127,46 @@ export class KeyService {
 
   async encKeys(a: EncKeysArgs): Promise<{ keys: KeyResult[] }> {
     const slaves = [a.slave, ...a.additional];
+    try {
+      const issued = await this.#encKeys(a, slaves);
+      // The trail shows every key handed out before it leaves.
+      this.#d.audit?.record({ event: 'delivered', master: a.caller, slaves, key_ids: issued.map((k) => k.keyId), size: a.size });
+      try {
+        await this.#d.auditFlush?.();
+      } catch (e) {
+        issued.forEach((k) => k.material.fill(0));
+        throw e;
+      }
+      return { keys: encode(issued) };
+    } catch (e) {
+      this.#refused(a.caller, slaves, e, a.number);
+      throw e;
+    }
+  }
+
+  #refused(master: string, slaves: string[], e: unknown, count: number): void {
+    if (!(e instanceof KmeError)) return;
+    this.#d.audit?.record({ event: 'refused', master, slaves, count, reason: `${e.code}: ${e.message}`.slice(0, 200) });
+  }
+
+  async #encKeys(a: EncKeysArgs, slaves: string[]): Promise<IssuedKey[]> {
     if (new Set(slaves).size !== slaves.length) throw badRequest('additional_slave_SAE_IDs repeats a slave SAE ID');
     this.#checkLimits(a.number, a.size, a.additional.length);
     const route = this.#route(a.caller, slaves);
-    const issued =
-      route.kind === 'local'
-        ? await this.#localKeys(a.caller, slaves, a.number, a.size)
-        : await route.sync.request({ master: a.caller, slaves, number: a.number, size: a.size });
-    return { keys: encode(issued) };
+    this.#requireServing();
+    const { quota } = this.#d;
+    quota?.take(a.caller, slaves, a.number);
+    let issued: IssuedKey[];
+    try {
+      issued =
+        route.kind === 'local'
+          ? await this.#localKeys(a.caller, slaves, a.number, a.size)
+          : await route.sync.request({ master: a.caller, slaves, number: a.number, size: a.size });
+    } catch (e) {
+      quota?.giveBack(a.caller, slaves, a.number);
+      throw e;
+    }
+    return issued;
   }
 
   /** Same-node pair: fresh key from the OS CSPRNG, stored sealed for the slaves. */
@@ -142,7 +193,19 @@ export class KeyService {
   }
 
   async decKeys(a: DecKeysArgs): Promise<{ keys: KeyResult[] }> {
+    try {
+      return await this.#decKeys(a);
+    } catch (e) {
+      if (e instanceof KmeError) {
+        this.#d.audit?.record({ event: 'refused', sae: a.caller, master: a.master, count: a.key_ids.length, reason: `${e.code}: ${e.message}`.slice(0, 200) });
+      }
+      throw e;
+    }
+  }
+
+  async #decKeys(a: DecKeysArgs): Promise<{ keys: KeyResult[] }> {
     this.#requireLocalCaller(a.caller);
+    this.#requireServing();
     if (a.key_ids.length < 1 || a.key_ids.length > this.#d.limits.max_key_per_request) {
       throw badRequest(`from 1 to ${this.#d.limits.max_key_per_request} key_IDs per request`);
     }
@@ -171,6 +234,8 @@ export class KeyService {
           if (last) store.eraseKey(row.key_id);
           else store.s.keyFetched.run(JSON.stringify(fetched), row.key_id);
         }
+        // In the commit, so the trail is durable with it.
+        this.#d.audit?.record({ event: 'fetched', sae: a.caller, master: a.master, key_ids: rows.map((r) => r.row.key_id) });
       } catch (e) {
         out.forEach((k) => k.material.fill(0));
         throw e;
@@ -199,7 +264,8 @@ export class KeyService {
           if (r.expires_at >= limit) continue;
           expired++;
           if (r.state === 'pending' || r.peer_acked === 0) continue;
-          store.eraseKeysOf(r);
+          const gone = store.eraseKeysOf(r);
+          if (gone.length > 0) this.#d.audit?.record({ event: 'expired', rid: r.rid, key_ids: gone, reason: 'not fetched before it expired' });
           store.s.resDelete.run(r.seq);
           erased++;
         }
@@ -210,6 +276,7 @@ export class KeyService {
   }
 
   health(): HealthResult {
+    const size = this.#d.limits.default_key_size;
     const links = [...this.#d.links.values()].map(({ sync, pool }) => {
       const st = pool.stats();
       return {
@@ -218,9 +285,26 @@ export class KeyService {
         peer_reachable: sync.peerReachable,
         owned_available_bits: sync.peerReachable ? pool.ownedAvailableBits(sync.peerHw) : 0,
         blocks: st.blocks,
+        available_keys: sync.availableKeys(size),
+        low: this.#d.lowWatermark?.isLow(sync.linkId) ?? false,
       };
     });
-    return { kme_id: this.#d.kmeId, ok: links.every((l) => l.peer_reachable), links };
+    const stop = this.#d.stopReason?.();
+    return {
+      kme_id: this.#d.kmeId,
+      ok: stop === undefined && links.every((l) => l.peer_reachable),
+      serving: stop === undefined,
+      ...(stop !== undefined ? { stop_reason: stop } : {}),
+      links,
+    };
+  }
+
+  /** Look at every link's level against the low watermark (raises events on crossings). */
+  watchLevels(): void {
+    const w = this.#d.lowWatermark;
+    if (!w) return;
+    const size = this.#d.limits.default_key_size;
+    for (const { sync, pool } of this.#d.links.values()) w.observe(sync.linkId, Math.floor(pool.ownedAvailableBits(sync.peerHw) / size));
   }
 }
 

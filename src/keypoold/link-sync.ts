@@ -28,6 +28,8 @@ import type { PeerClient } from './peer-client.js';
 import type {
   HelloResponse, PeerReservation, PeerRidState, QueryResponse, ReservationsRequest, ReservationsResponse, VoidResponse,
 } from './peer-protocol.js';
+import type { AuditEvent } from './audit-log.js';
+import type { Audit } from './audit-sink.js';
 import type { Registry } from './registry.js';
 import type { Slice, Store } from './store.js';
 import type { TxBatcher } from './tx-batcher.js';
@@ -79,6 +81,10 @@ export interface LinkSyncDeps {
   /** How long a peer call may take before the reservation is voided. */
   peerTimeoutMs: number;
   myKmeId: string;
+  /** The audit trail (key events, never key material). */
+  audit?: Audit;
+  /** Why this node must not take on reservations now (e.g. its HSM is gone). */
+  stopReason?: () => string | undefined;
 }
 
 export class LinkSync {
@@ -221,6 +227,9 @@ export class LinkSync {
       // Burn the slices and remember to tell the peer, durably, before anyone hears 503.
       try {
         await batcher.runVolatile(() => voided.forEach((rid) => store.s.resSetState.run('voided', 0, rid)));
+        carved.reservations.forEach(
+          (res) => res && voided.includes(res.rid) && this.#audit({ event: 'voided', link: this.linkId, rid: res.rid, master: res.master, slaves: res.slaves, reason: 'the peer did not confirm the reservation' }),
+        );
       } catch (e) {
         this.#d.logger.error({ err: (e as Error).message }, 'could not record voided reservations');
       }
@@ -269,7 +278,10 @@ export class LinkSync {
       await batcher.run(() => {
         for (const rid of pending) {
           if (q.states[rid] === 'committed') store.s.resSetState.run('committed', 1, rid);
-          else store.s.resSetState.run('voided', 0, rid);
+          else {
+            store.s.resSetState.run('voided', 0, rid);
+            this.#audit({ event: 'voided', link: this.linkId, rid, reason: 'recovery: the peer never committed it' });
+          }
         }
       });
       this.#d.logger.info({ link: this.linkId, count: pending.length }, 'recovered pending reservations');
@@ -317,10 +329,12 @@ export class LinkSync {
     const res = await batcher.run(() => {
       const blocks = pool.discard(first, last);
       const rows = store.s.resInBlocks.all({ link: this.linkId, first, last });
+      this.#audit({ event: 'alarm', link: this.linkId, blocks: [first, last], reason: reason.slice(0, 200), detail: { from } });
       for (const r of rows) {
         if (r.role === 'peer') store.eraseKeysOf(r);
         // An owner also tells the peer to void, in case the peer missed the alarm.
         store.s.resSetState.run('voided', r.role === 'owner' ? 0 : 1, r.rid);
+        this.#audit({ event: 'voided', link: this.linkId, rid: r.rid, master: r.master, slaves: JSON.parse(r.slaves) as string[], reason: 'QKD module alarm' });
       }
       return { blocks, voided: rows.length };
     });
@@ -335,8 +349,18 @@ export class LinkSync {
     if (body.from !== this.peerKmeId) throw new KmeError('UNAUTHORIZED', 'sender is not the peer of this link');
     const alarmsBefore = this.#alarmSeq;
     const results = await batcher.run(() => {
-      const out = pool.acceptAll(body.reservations, (r) => this.#checkShape(r, registry, myKmeId));
+      const stop = this.#d.stopReason?.();
+      const out = pool.acceptAll(body.reservations, (r) => (stop !== undefined ? `${myKmeId} is not serving keys: ${stop}` : this.#checkShape(r, registry, myKmeId)));
       if (Number.isSafeInteger(body.erasable_below)) pool.erasePeerBlocksBelow(body.erasable_below);
+      const byRid = new Map(body.reservations.map((r) => [r?.rid, r]));
+      for (const r of out) {
+        const res = byRid.get(r.rid);
+        if (r.state === 'committed' && res) {
+          this.#audit({ event: 'reserved', link: this.linkId, rid: r.rid, master: res.master, slaves: res.slaves, key_ids: res.key_ids, size: res.size });
+        } else {
+          this.#audit({ event: 'refused', link: this.linkId, ...(isCanonicalUuid(r.rid) ? { rid: r.rid } : {}), reason: (r.reason ?? r.state).slice(0, 200) });
+        }
+      }
       return out;
     });
     // An alarm applied after this message was checked voided what it names: say so, never 'committed'.
@@ -377,6 +401,7 @@ export class LinkSync {
       for (const rid of ok) {
         const r = store.s.resGet.get(rid);
         if (r && r.role !== 'peer') continue; // never the peer's to void
+        this.#audit({ event: 'voided', link: this.linkId, rid, reason: r ? 'voided by the owner' : 'voided by the owner before it arrived' });
         if (r) {
           store.eraseKeysOf(r);
           store.s.resSetState.run('voided', 1, rid);
@@ -391,6 +416,10 @@ export class LinkSync {
       }
     });
     return { voided: ok };
+  }
+
+  #audit(e: AuditEvent): void {
+    this.#d.audit?.record(e);
   }
 
   onQuery(rids: string[]): QueryResponse {

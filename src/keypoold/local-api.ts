@@ -6,6 +6,7 @@
 import { badRequest } from '../common/errors.js';
 import type { DecKeysArgs, DiagResult, EncKeysArgs, StatusArgs } from '../ipc/pool-protocol.js';
 import type { KeyService } from './key-service.js';
+import type { Rotation } from './rotation.js';
 
 const isStr = (v: unknown): v is string => typeof v === 'string' && v.length > 0;
 const isStrArray = (v: unknown): v is string[] => Array.isArray(v) && v.every(isStr);
@@ -13,10 +14,19 @@ const isStrArray = (v: unknown): v is string[] => Array.isArray(v) && v.every(is
 export interface LocalApiDeps {
   service: KeyService;
   diag: () => Promise<DiagResult>;
+  rotation: Rotation;
 }
 
-export async function dispatchPoolOp({ service, diag }: LocalApiDeps, op: string, raw: unknown): Promise<unknown> {
+/** What kme-api may ask; everything else is for the maintenance tools' socket only. */
+const API_OPS = new Set(['status', 'enc_keys', 'dec_keys', 'whoami', 'health']);
+
+/**
+ * `admin`: the call came over the maintenance socket (every op); otherwise
+ * over kme-api's socket (the SAE-facing ops and health only).
+ */
+export async function dispatchPoolOp({ service, diag, rotation }: LocalApiDeps, op: string, raw: unknown, admin = false): Promise<unknown> {
   const a = (raw ?? {}) as Record<string, unknown>;
+  if (!admin && !API_OPS.has(op)) throw badRequest(`operation ${op} is only served on keypoold's maintenance socket`);
   switch (op) {
     case 'status':
       if (!isStr(a.caller) || !isStr(a.slave)) throw badRequest('status needs caller and slave');
@@ -36,6 +46,11 @@ export async function dispatchPoolOp({ service, diag }: LocalApiDeps, op: string
       return service.health();
     case 'diag':
       return diag();
+    case 'rotate':
+      if (a.what !== 'master' && a.what !== 'data') throw badRequest("rotate needs what: 'master' or 'data'");
+      return rotation.rotate(a.what);
+    case 'rotation_status':
+      return rotation.status();
     default:
       throw badRequest(`unknown operation ${op}`);
   }

@@ -12,7 +12,12 @@ import { createLogger, type Logger } from '../common/logger.js';
 import { systemClock, type QkdModuleDriver } from '../../drivers/types.js';
 import { createModuleDriver } from './module-driver.js';
 import { serveNdjson } from '../ipc/ndjson-server.js';
-import { FileMasterKeyProvider, MasterKeyError } from './master-key.js';
+import { MasterKeyError, masterKeyExitCode, openMasterKeyProvider, type MasterKeyProvider } from './master-key.js';
+import { AuditLog, AuditLogError } from './audit-log.js';
+import { Audit } from './audit-sink.js';
+import { LowWatermark } from './low-watermark.js';
+import { PairQuota } from './pair-quota.js';
+import { Rotation } from './rotation.js';
 import { openDb, Store } from './store.js';
 import { TxBatcher } from './tx-batcher.js';
 import { Registry, RegistryError } from './registry.js';
@@ -22,7 +27,7 @@ import { PeerClient } from './peer-client.js';
 import { startPeerServer } from './peer-server.js';
 import { runIngest } from './ingest.js';
 import { KeyService } from './key-service.js';
-import { DataKeyRing, type WrappingKey } from './data-key.js';
+import { DataKeyRing } from './data-key.js';
 import { Rekeyer } from './rekey.js';
 import { dispatchPoolOp } from './local-api.js';
 import { linkDiagnostics } from './diagnostics.js';
@@ -30,6 +35,10 @@ import { linkDiagnostics } from './diagnostics.js';
 const MAINTAIN_MS = 1000;
 const SWEEP_MS = 1000;
 const CHECKPOINT_MS = 60_000;
+const AUDIT_FLUSH_MS = 1000;
+const HSM_CHECK_MS = 2000;
+/** Meta row: the audit trail's last durable line when last noted ({seq, hash}). */
+const AUDIT_ANCHOR = 'audit_anchor';
 
 async function main(): Promise<void> {
   let cfg: NodeConfig;
@@ -74,10 +83,10 @@ async function main(): Promise<void> {
   try {
     await start(cfg, logger, stop.signal, cleanups, () => void shutdown(1));
   } catch (e) {
-    if (e instanceof MasterKeyError || e instanceof RegistryError || e instanceof ConfigError) {
+    if (e instanceof MasterKeyError || e instanceof RegistryError || e instanceof ConfigError || e instanceof AuditLogError) {
       logger.fatal({ err: e.message }, 'cannot start');
       process.stderr.write(`kme-keypoold: ${e.message}\n`);
-      await shutdown(2);
+      await shutdown(e instanceof MasterKeyError ? masterKeyExitCode(e.code) : 2);
       return;
     }
     throw e;
@@ -89,34 +98,47 @@ async function start(
 ): Promise<void> {
   process.umask(0o077); // the store, its WAL and the sockets' folders are ours alone
   mkdirSync(cfg.state_dir, { recursive: true, mode: 0o700 });
+  const clock = systemClock;
   const registry = await Registry.open(cfg.registry_file);
   const store = new Store(openDb(join(cfg.state_dir, 'keystore.sqlite')));
   cleanups.push(() => store.close());
-  if (cfg.master_key.provider !== 'file') throw new MasterKeyError('the pkcs11 master key provider is not wired in yet');
-  const masterKey = FileMasterKeyProvider.open(cfg.master_key.path, logger);
+  const masterKey = await openMasterKeyProvider(cfg.master_key, logger);
   cleanups.push(() => masterKey.close());
-  const batcher = new TxBatcher(store.db, logger, (e) => {
-    logger.fatal({ err: (e as Error).message }, 'the key store could not be flushed to disk; stopping');
-    fatal();
-  });
+  const auditLog = AuditLog.open(cfg.audit.dir!, { segmentBytes: cfg.audit.segment_bytes, clock, logger });
+  const audit = new Audit(auditLog, logger);
+  const batcher = new TxBatcher(
+    store.db,
+    logger,
+    (e) => {
+      logger.fatal({ err: (e as Error).message }, 'the key store or the audit trail could not be flushed to disk; stopping');
+      fatal();
+    },
+    () => auditLog.flush(),
+  );
+  // Runs last of these (cleanups run in reverse): the final anchor, then the trail's last lines.
   cleanups.push(async () => {
+    audit.record({ event: 'stopped' });
     await batcher.drain();
+    await anchorAudit(store, batcher, auditLog);
     batcher.close();
+    await auditLog.close();
   });
-  const wrapping: WrappingKey = {
-    currentKeyId: 'file',
-    wrap: async (k) => ({ keyId: 'file', wrapped: await masterKey.wrap(k) }),
-    unwrap: (w) => masterKey.unwrap(w),
-    rotate: async () => 'file',
-    retire: async () => {},
-  };
-  const ring = await DataKeyRing.open(store, wrapping, (w) => batcher.run(w), logger);
+  const ring = await DataKeyRing.open(store, masterKey, (w) => batcher.run(w), logger);
   const sealer = ring.sealer;
   cleanups.push(() => sealer.destroy());
-  const clock = systemClock;
-  const rekeyer = new Rekeyer({ store, ring, batcher, clock, logger });
+  const rekeyer = new Rekeyer({
+    store, ring, batcher, clock, logger,
+    onFinished: (p) => audit.record({ event: 'rotation', reason: `data key re-encryption ${p.state}`, detail: { generation: p.generation, resealed: p.resealed } }),
+  });
   cleanups.push(() => rekeyer.stop());
-  rekeyer.start();
+  if (rekeyer.start()) logger.warn('an interrupted store re-encryption resumes');
+  const rotation = new Rotation({
+    ring, rekeyer, master: masterKey,
+    onRotated: (what, detail) => audit.record({ event: 'rotation', reason: `new ${what} key`, detail }),
+  });
+  const hsm = watchMasterKey(masterKey, logger, audit, cleanups);
+  const stopReason = () => hsm.problem;
+
   const ttlMs = cfg.key_ttl_seconds * 1000;
   const graceMs = cfg.expiry_grace_seconds * 1000;
 
@@ -132,7 +154,10 @@ async function start(
     );
     const client = new PeerClient({ baseUrl: l.peer_url, linkId: l.link_id, peerKmeId: l.peer_kme_id, tls: peerTls, timeoutMs: cfg.peer.timeout_ms, logger });
     cleanups.push(() => client.close());
-    const sync = new LinkSync({ pool, store, batcher, client, registry, clock, logger, ttlMs, skewMs: graceMs, peerTimeoutMs: cfg.peer.timeout_ms, myKmeId: cfg.kme_id });
+    const sync = new LinkSync({
+      pool, store, batcher, client, registry, clock, logger, ttlMs, skewMs: graceMs, peerTimeoutMs: cfg.peer.timeout_ms, myKmeId: cfg.kme_id,
+      audit, stopReason,
+    });
     links.set(l.peer_kme_id, { sync, pool });
     byLinkId.set(l.link_id, sync);
     const driver = createModuleDriver(l, cfg.kme_id, clock, logger);
@@ -146,7 +171,16 @@ async function start(
     cleanups.push(() => ingesting);
   }
 
-  const service = new KeyService({ kmeId: cfg.kme_id, limits: cfg.limits, ttlMs, graceMs, registry, store, sealer, batcher, links, clock, logger });
+  const lowWatermark = new LowWatermark(cfg.pool.low_watermark_keys ?? Math.floor(cfg.limits.max_key_count / 10), (e) => {
+    if (e.kind === 'low') logger.warn(e, 'key pool below its low watermark');
+    else logger.info(e, 'key pool back above its low watermark');
+    audit.record({ event: 'low_watermark', link: e.link, count: e.available, reason: e.kind === 'low' ? `below ${e.watermark} keys` : `recovered above ${e.watermark} keys` });
+  });
+  const quota = cfg.pool.sae_pair_quota ? new PairQuota(cfg.pool.sae_pair_quota, clock) : undefined;
+  const service = new KeyService({
+    kmeId: cfg.kme_id, limits: cfg.limits, ttlMs, graceMs, registry, store, sealer, batcher, links, clock, logger,
+    audit, auditFlush: () => auditLog.flush(), lowWatermark, quota, stopReason,
+  });
   const diag = () => linkDiagnostics(cfg.kme_id, [...links.values()].map((l) => ({ ...l, driver: drivers.get(l.sync.linkId)! })));
 
   const peerServer = await startPeerServer({ host: cfg.peer.host, port: cfg.peer.port, tls: peerTls, links: byLinkId, logger });
@@ -166,12 +200,67 @@ async function start(
     every(MAINTAIN_MS, () => sync.maintain());
   }
   every(SWEEP_MS, () => service.sweep());
-  // Fold the WAL back into the store and truncate it, so copies of erased records do not linger there.
-  every(CHECKPOINT_MS, async () => void store.db.pragma('wal_checkpoint(TRUNCATE)'));
+  every(MAINTAIN_MS, async () => service.watchLevels());
+  // Events recorded outside a store commit (refusals, alarms) reach the disk within a second.
+  every(AUDIT_FLUSH_MS, () => auditLog.flush().catch((e) => {
+    logger.fatal({ err: (e as Error).message }, 'the audit trail could not be written; stopping');
+    fatal();
+  }));
+  // Fold the WAL back into the store and truncate it, so copies of erased records do not linger
+  // there; and note where the audit trail stood, so a cut-off trail is detected.
+  every(CHECKPOINT_MS, async () => {
+    await anchorAudit(store, batcher, auditLog);
+    store.db.pragma('wal_checkpoint(TRUNCATE)');
+  });
 
-  const ipc = await serveNdjson({ path: cfg.keypoold.socket, handler: (op, args) => dispatchPoolOp({ service, diag }, op, args), logger });
+  const handler = (admin: boolean) => (op: string, args: unknown) => dispatchPoolOp({ service, diag, rotation }, op, args, admin);
+  const ipc = await serveNdjson({ path: cfg.keypoold.socket, handler: handler(false), logger });
   cleanups.push(() => ipc.close());
-  logger.info({ kme_id: cfg.kme_id, socket: cfg.keypoold.socket, peer_port: cfg.peer.port, links: cfg.links.length }, 'ready');
+  const adminIpc = await serveNdjson({ path: cfg.keypoold.admin_socket!, handler: handler(true), logger });
+  cleanups.push(() => adminIpc.close());
+  audit.record({ event: 'started', detail: { provider: masterKey.kind, generation: sealer.current } });
+  logger.info(
+    { kme_id: cfg.kme_id, socket: cfg.keypoold.socket, admin_socket: cfg.keypoold.admin_socket, peer_port: cfg.peer.port, links: cfg.links.length, master_key: masterKey.kind },
+    'ready',
+  );
+}
+
+/** Record in the store the audit trail's last durable line (the verifier checks the trail reaches it). */
+async function anchorAudit(store: Store, batcher: TxBatcher, auditLog: AuditLog): Promise<void> {
+  await auditLog.flush();
+  const head = auditLog.durableHead;
+  if (head.seq > 0) await batcher.run(() => store.putMeta(AUDIT_ANCHOR, Buffer.from(JSON.stringify(head))));
+}
+
+/**
+ * Ask the master key provider how it is, every few seconds. While it fails
+ * (the token was pulled, the HSM went away) the node serves no keys and
+ * says why; it serves again once the provider answers.
+ */
+function watchMasterKey(
+  provider: MasterKeyProvider, logger: Logger, audit: Audit, cleanups: Array<() => Promise<void> | void>,
+): { readonly problem: string | undefined } {
+  const state: { problem: string | undefined } = { problem: undefined };
+  let running = false;
+  const t = setInterval(() => {
+    if (running) return;
+    running = true;
+    provider
+      .health()
+      .catch((e: unknown) => ({ ok: false as const, reason: (e as Error).message }))
+      .then((h) => {
+        const problem = h.ok ? undefined : `master key unavailable (${h.reason})`;
+        if (problem !== state.problem) {
+          if (problem) logger.error({ provider: provider.kind, reason: problem }, 'master key unavailable: not serving keys');
+          else logger.info({ provider: provider.kind }, 'master key available again: serving keys');
+          audit.record({ event: 'alarm', reason: (problem ?? 'master key available again').slice(0, 200), detail: { source: 'master_key' } });
+        }
+        state.problem = problem;
+      })
+      .finally(() => (running = false));
+  }, HSM_CHECK_MS);
+  cleanups.push(() => clearInterval(t));
+  return state;
 }
 
 main().catch((e) => {

@@ -157,8 +157,8 @@ export class Store {
       ),
       resUnacked: db.prepare<[string, number], { rid: string }>('SELECT rid FROM reservations WHERE peer_acked = 0 AND link = ? LIMIT ?'),
       /** Oldest reservations first (expiry follows insertion order closely). */
-      resOldest: db.prepare<[number, number], Pick<ReservationRow, 'seq' | 'key_ids' | 'expires_at' | 'state' | 'peer_acked'>>(
-        'SELECT seq, key_ids, expires_at, state, peer_acked FROM reservations WHERE seq > ? ORDER BY seq LIMIT ?',
+      resOldest: db.prepare<[number, number], Pick<ReservationRow, 'seq' | 'rid' | 'key_ids' | 'expires_at' | 'state' | 'peer_acked'>>(
+        'SELECT seq, rid, key_ids, expires_at, state, peer_acked FROM reservations WHERE seq > ? ORDER BY seq LIMIT ?',
       ),
       resDelete: db.prepare('DELETE FROM reservations WHERE seq = ?'),
       /** Reservations with a slice in blocks [first, last]; `from` bounds the index scan (first - longest span). */
@@ -214,9 +214,11 @@ export class Store {
     this.#s.keyDelete.run(keyId);
   }
 
-  /** Erase the key records of a reservation. */
-  eraseKeysOf(r: Pick<ReservationRow, 'key_ids'>): void {
-    for (const id of JSON.parse(r.key_ids) as string[]) this.#s.keyDelete.run(id);
+  /** Erase the key records of a reservation; returns the ids of those that were still there. */
+  eraseKeysOf(r: Pick<ReservationRow, 'key_ids'>): string[] {
+    const gone: string[] = [];
+    for (const id of JSON.parse(r.key_ids) as string[]) if (this.#s.keyDelete.run(id).changes > 0) gone.push(id);
+    return gone;
   }
 
   close(): void {

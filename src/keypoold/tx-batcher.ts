@@ -43,16 +43,22 @@ export class TxBatcher {
   readonly #runAll: (items: Item[]) => void;
 
   readonly #onFsyncError: (e: unknown) => void;
+  readonly #alsoDurable: (() => Promise<void>) | undefined;
 
   /**
    * `onFsyncError`: a failed fsync may have dropped pages that a later fsync
    * would not report, so nothing committed afterwards could be trusted: the
    * daemon should stop (and be restarted) rather than go on.
    */
-  constructor(db: Db, logger: Logger, onFsyncError: (e: unknown) => void = () => {}) {
+  /**
+   * `alsoDurable`: made durable alongside each WAL fsync (the audit trail):
+   * a commit settles only once both are on disk.
+   */
+  constructor(db: Db, logger: Logger, onFsyncError: (e: unknown) => void = () => {}, alsoDurable?: () => Promise<void>) {
     this.#db = db;
     this.#logger = logger;
     this.#onFsyncError = onFsyncError;
+    this.#alsoDurable = alsoDurable;
     this.#walPath = `${db.name}-wal`;
     this.#runOne = db.transaction((w: () => unknown) => w());
     this.#runAll = db.transaction((items: Item[]) => {
@@ -135,16 +141,21 @@ export class TxBatcher {
       return this.#onFsyncError(e);
     }
     this.#syncing = true;
-    fsync(fd, (err) => {
-      this.#syncing = false;
-      if (err) {
+    const wal = new Promise<void>((resolve, reject) => fsync(fd, (err) => (err ? reject(err) : resolve())));
+    const also = this.#alsoDurable?.();
+    (also ? Promise.all([wal, also]) : wal).then(
+      () => {
+        this.#syncing = false;
+        for (const it of cohort) (it.ok ? it.resolve : it.reject)(it.value);
+        if (this.#queue.length > 0 && !this.#scheduled) this.#flush();
+        else this.#sync();
+      },
+      (err: unknown) => {
+        this.#syncing = false;
         this.#failed(cohort, err);
-        return this.#onFsyncError(err);
-      }
-      else for (const it of cohort) (it.ok ? it.resolve : it.reject)(it.value);
-      if (this.#queue.length > 0 && !this.#scheduled) this.#flush();
-      else this.#sync();
-    });
+        this.#onFsyncError(err);
+      },
+    );
   }
 
   #failed(cohort: Item[], e: unknown): void {

@@ -1,3 +1,5 @@
+import { softHsmLibrary } from '../../src/demo/softhsm.js';
+import { spawnSync } from 'node:child_process';
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -19,6 +21,9 @@ afterAll(() => {
 });
 
 const mode = (p: string) => statSync(p).mode & 0o777;
+const repoRoot = join(import.meta.dirname, '../..');
+/** keypoold's argv starts with SOFTHSM2_CONF when the demo keeps its master keys on SoftHSM2 tokens. */
+const hsmEnv = (demoDir: string) => (softHsmLibrary() ? ['env', `SOFTHSM2_CONF=${join(demoDir, 'softhsm/softhsm2.conf')}`] : []);
 const read = (p: string) => readFileSync(p);
 
 describe('prepareDemo, first run', () => {
@@ -46,7 +51,7 @@ describe('prepareDemo, first run', () => {
         peer_url: `https://127.0.0.1:${i === 0 ? 8444 : 9444}`,
       });
       expect(n.processes.map((p: { name: string; argv: string[] }) => [p.name, p.argv])).toEqual([
-        ['kme-keypoold', ['node', 'dist/src/keypoold/main.js', '--config', `var/demo/${id}/config.json`]],
+        ['kme-keypoold', [...hsmEnv(at('var/demo')), 'node', 'dist/src/keypoold/main.js', '--config', `var/demo/${id}/config.json`]],
         ['kme-api', ['node', 'dist/src/api/main.js', '--config', `var/demo/${id}/config.json`]],
       ]);
       expect(n.saes).toEqual(
@@ -90,8 +95,21 @@ describe('prepareDemo, first run', () => {
     expect(a!.state_dir).toBe(at('var/demo/KME_A/state'));
     expect(a!.registry_file).toBe(at('var/demo/KME_A/registry.json'));
     expect(a!.keypoold.socket).toBe(at('var/demo/KME_A/keypoold.sock'));
-    expect(a!.master_key).toEqual({ provider: 'file', path: at('var/demo/KME_A/master.key') });
-    expect(existsSync((a!.master_key as { path: string }).path)).toBe(false); // keypoold creates it
+    if (softHsmLibrary()) {
+      // On a SoftHSM2 token of its own, with the master key already made by the provisioning command.
+      expect(a!.master_key).toEqual({
+        provider: 'pkcs11', module: softHsmLibrary(), token_label: 'KME_A', key_label: 'kme-master', pin_file: at('var/demo/KME_A/hsm.pin'),
+      });
+      expect(statSync(at('var/demo/KME_A/hsm.pin')).mode & 0o777).toBe(0o600);
+      const check = spawnSync(process.execPath, ['dist/scripts/kme-hsm.js', 'check', '--config', at('var/demo/KME_A/config.json')], {
+        cwd: repoRoot, env: { ...process.env, SOFTHSM2_CONF: at('var/demo/softhsm/softhsm2.conf') }, encoding: 'utf8',
+      });
+      expect(check.stdout).toMatch(/^OK: master key 'kme-master' on token 'KME_A'/);
+      expect(check.status).toBe(0);
+    } else {
+      expect(a!.master_key).toEqual({ provider: 'file', path: at('var/demo/KME_A/master.key') });
+      expect(existsSync((a!.master_key as { path: string }).path)).toBe(false); // keypoold creates it
+    }
     expect(a!.api).toMatchObject({ host: '127.0.0.1', port: 8443 });
     expect(a!.api.tls).toEqual({
       cert: at('var/demo/pki/KME_A.api.crt'),
@@ -287,6 +305,7 @@ describe('prepareDemo, isolated instances', () => {
     expect(demo.ca_cert).toBe(join(dir, 'pki/ca.crt'));
     expect(demo.nodes.map((n) => n.etsi_url)).toEqual(['https://127.0.0.1:18443', 'https://127.0.0.1:19443']);
     expect(demo.nodes[0]!.processes[0]!.argv).toEqual([
+      ...hsmEnv(dir),
       'node',
       'dist/src/keypoold/main.js',
       '--config',

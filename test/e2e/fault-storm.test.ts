@@ -42,7 +42,7 @@ async function roundTripLoop(master: string, slave: string, until: () => boolean
 }
 
 async function diag() {
-  const c = new NdjsonPoolClient({ path: demoNet().path(demoNet().node('KME_A').keypoold_socket), logger: silentLogger() });
+  const c = new NdjsonPoolClient({ path: demoNet().path(demoNet().node('KME_A').admin_socket), logger: silentLogger() });
   try {
     return await c.call('diag', {});
   } finally {

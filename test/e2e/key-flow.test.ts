@@ -146,7 +146,7 @@ describe('two-node demo network', () => {
   });
 
   it('reports each link for technicians through the local API (diag), without key material', async () => {
-    const client = new NdjsonPoolClient({ path: demoNet().path(demoNet().node('KME_A').keypoold_socket), logger: silentLogger() });
+    const client = new NdjsonPoolClient({ path: demoNet().path(demoNet().node('KME_A').admin_socket), logger: silentLogger() });
     try {
       const d = await client.call('diag', {});
       expect(d.kme_id).toBe('KME_A');
@@ -159,6 +159,15 @@ describe('two-node demo network', () => {
       expect(JSON.stringify(d)).not.toMatch(/material|"key"/);
     } finally {
       await client.close();
+    }
+    // kme-api's socket serves the SAE-facing operations only.
+    const apiSide = new NdjsonPoolClient({ path: demoNet().path(demoNet().node('KME_A').keypoold_socket), logger: silentLogger() });
+    try {
+      await expect(apiSide.call('diag', {})).rejects.toMatchObject({ code: 'BAD_REQUEST', message: expect.stringMatching(/maintenance socket/) });
+      await expect(apiSide.call('rotate', { what: 'data' })).rejects.toMatchObject({ code: 'BAD_REQUEST' });
+      await expect(apiSide.call('health', {})).resolves.toMatchObject({ kme_id: 'KME_A', serving: true });
+    } finally {
+      await apiSide.close();
     }
   });
 
