@@ -37,6 +37,8 @@ export interface NdjsonClientOptions {
   timeoutMs?: number;
   backoff?: BackoffOptions;
   maxLineBytes?: number;
+  /** Told when the channel comes up (true) or a working channel is lost (false). */
+  onConnectionChange?: (up: boolean) => void;
 }
 
 export interface NdjsonPoolClientOptions {
@@ -143,6 +145,7 @@ export class NdjsonClient {
       this.state = 'connected';
       this.delay = this.initialDelay;
       this.logger.info({ to: this.opts.describe }, 'connected');
+      this.opts.onConnectionChange?.(true);
     });
     sock.on('data', (chunk: Buffer) => splitter.push(chunk));
     sock.on('error', (err) => {
@@ -157,6 +160,7 @@ export class NdjsonClient {
       if (this.state === 'closed') return;
       if (wasConnected) this.logger.warn({ to: this.opts.describe }, 'connection lost');
       this.scheduleReconnect(wasConnected);
+      if (wasConnected) this.opts.onConnectionChange?.(false);
     });
   }
 

@@ -97,8 +97,16 @@ export class LinkSync {
   #alarmRanges: Array<{ seq: number; first: number; last: number; at: number }> = [];
   #alarmSeq = 0;
 
+  #maintaining: Promise<void> | undefined;
+
   constructor(deps: LinkSyncDeps) {
     this.#d = deps;
+    // A lost channel means no reservation can be confirmed: say so to SAEs at once (503) rather
+    // than at the next heartbeat; a new channel is checked (hello, VOIDs, recovery) at once.
+    deps.client.onConnectionChange?.((up) => {
+      if (up) this.maintain().catch(() => {});
+      else this.#peerDown(new Error('connection to the peer lost'));
+    });
   }
 
   get peerHw(): number {
@@ -254,8 +262,12 @@ export class LinkSync {
     this.#peerReachable = false;
   }
 
-  /** Heartbeat, VOID delivery and recovery of pending reservations. Called periodically. */
-  async maintain(): Promise<void> {
+  /** Heartbeat, VOID delivery and recovery of pending reservations. Called periodically and on reconnect; one at a time. */
+  maintain(): Promise<void> {
+    return (this.#maintaining ??= this.#maintain().finally(() => (this.#maintaining = undefined)));
+  }
+
+  async #maintain(): Promise<void> {
     const { client, store, batcher } = this.#d;
     try {
       const hello = (await client.call('hello', {})) as HelloResponse;

@@ -23,6 +23,7 @@ export interface PeerClientOptions {
 export class PeerClient {
   readonly #c: NdjsonClient;
   readonly #linkId: string;
+  #onConnection: ((up: boolean) => void) | undefined;
 
   constructor(opts: PeerClientOptions) {
     const url = new URL(opts.baseUrl);
@@ -51,7 +52,13 @@ export class PeerClient {
       timeoutMs: opts.timeoutMs,
       backoff: { initialMs: 200, maxMs: 5000 },
       maxLineBytes: MAX_PEER_LINE_BYTES,
+      onConnectionChange: (up) => this.#onConnection?.(up),
     });
+  }
+
+  /** Be told at once when the channel to the peer comes up or is lost. */
+  onConnectionChange(cb: (up: boolean) => void): void {
+    this.#onConnection = cb;
   }
 
   /** One request on the link's channel; requests reach the peer in the order they are made. */

@@ -140,6 +140,8 @@ export class Rekeyer {
       await clock.sleep(pauseMs);
     }
     await ring.dropGenerations(replacing);
+    // Records erased during the pass (keys fetched, blocks used up) count as done.
+    this.#progress.done = Math.max(this.#progress.done, this.#progress.total);
     this.#progress.state = 'done';
     this.#progress.finished_at = new Date(clock.now()).toISOString();
     logger.info({ generation: gen, resealed: this.#progress.resealed }, 'store re-encryption finished; older data keys erased');

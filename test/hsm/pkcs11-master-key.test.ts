@@ -170,6 +170,22 @@ describe('rotation', () => {
     const id3 = await p.rotate();
     expect(id3 > newId).toBe(true);
   });
+
+  it('a health check that overlaps a rotation and retirement tests the key that is current, never the retired one', async () => {
+    const p = await provider();
+    for (let i = 0; i < 5; i++) {
+      const old = p.currentKeyId;
+      // Checked while the rotation and the retirement are queued on the session.
+      const checks = [p.health()];
+      const rotated = p.rotate().then(async () => {
+        checks.push(p.health());
+        await p.retire(old);
+      });
+      checks.push(p.health());
+      await rotated;
+      for (const h of await Promise.all(checks)) expect(h).toEqual({ ok: true });
+    }
+  });
 });
 
 describe('failures, each with its class', () => {

@@ -27,6 +27,7 @@ const BLOCK_BITS = 1024;
 
 /** AES-GCM under keys held in memory, with rotate/retire like the real providers. */
 class MemoryMaster implements WrappingKey {
+  readonly kind = 'memory';
   keys = new Map<string, Buffer>();
   currentKeyId = '';
   retired: string[] = [];
@@ -214,5 +215,29 @@ describe('DataKeyRing and Rekeyer', () => {
     expect(JSON.parse(store.getMeta('data_key:1')!.toString()).master_key_id).toBe('m2');
     expect(master.retired).toEqual(['m1']);
     expect(audit(again.sealer, keys)).toEqual([1]);
+  });
+});
+
+describe('Rotation', () => {
+  it('runs one rotation at a time and reports the master key and the re-encryption progress', async () => {
+    const { Rotation } = await import('../../src/keypoold/rotation.js');
+    const master = new MemoryMaster();
+    const ring = await DataKeyRing.open(store, master, commit, logger);
+    const keys = new Map<string, Buffer>();
+    for (let i = 0; i < 4; i++) await fill(ring, i * 100, 100, keys);
+    const rekeyer = new Rekeyer({ store, ring, batcher, clock: systemClock, logger, chunk: 10, pauseMs: 5 });
+    const events: string[] = [];
+    const rotation = new Rotation({ ring, rekeyer, master, onRotated: (what, d) => events.push(`${what}:${JSON.stringify(d)}`) });
+    expect(rotation.status()).toMatchObject({ master_key: { key_id: 'm1' }, data_key: { state: 'idle', generation: 1 } });
+    const st = await rotation.rotate('data');
+    expect(st.data_key).toMatchObject({ state: 'running', generation: 2, replacing: [1] });
+    await expect(rotation.rotate('master')).rejects.toThrow(/already running/);
+    await expect(rotation.rotate('data')).rejects.toThrow(/already running/);
+    await rekeyer.wait();
+    expect(rotation.status().data_key).toMatchObject({ state: 'done', resealed: 800 });
+    const m = await rotation.rotate('master');
+    expect(m.master_key.key_id).toBe('m2');
+    expect(events).toEqual(['data:{"generation":2}', 'master:{"master_id":"m2","retired":"m1"}']);
+    expect(audit(ring.sealer, keys)).toEqual([2]);
   });
 });
