@@ -29,7 +29,11 @@ const SMALL_BATCH = 16;
 export async function runIngest(d: IngestDeps, signal: AbortSignal): Promise<void> {
   const pollMs = d.fullPollMs ?? 250;
   const gatherMs = d.gatherMs ?? 50;
-  let lastCheck = -Infinity;
+  const capacity = d.pool.opts.capacityBits;
+  // An upper bound of the bits held: counted by a scan, plus what came in since (using keys only
+  // lowers it). The scan runs only when the bound reaches the capacity, or every pollMs.
+  let bound = Infinity;
+  let lastScan = -Infinity;
   while (!signal.aborted) {
     try {
       for await (const batch of d.driver.blocks(d.pool.highWater() + 1, signal)) {
@@ -37,14 +41,20 @@ export async function runIngest(d: IngestDeps, signal: AbortSignal): Promise<voi
           const hw = await d.batcher.run(() => d.pool.ingest(batch));
           d.driver.ack(hw);
         } finally {
-          for (const b of batch) b.material.fill(0);
+          for (const b of batch) {
+            bound += b.bits;
+            b.material.fill(0);
+          }
         }
         if (batch.length < SMALL_BATCH && gatherMs > 0) await d.clock.sleep(gatherMs, signal);
-        // Counting the pool is a scan: look at most every pollMs while blocks flow.
-        const now = d.clock.now();
-        if (now - lastCheck >= pollMs) {
-          lastCheck = now;
-          while (!signal.aborted && d.pool.isFull()) await d.clock.sleep(pollMs, signal);
+        // Full (max_key_count each way): pull no more, so the module gets no credit and holds back.
+        if (bound >= capacity || d.clock.now() - lastScan >= pollMs) {
+          for (;;) {
+            lastScan = d.clock.now();
+            bound = d.pool.stats().bits;
+            if (signal.aborted || bound < capacity) break;
+            await d.clock.sleep(pollMs, signal);
+          }
         }
       }
     } catch (e) {
