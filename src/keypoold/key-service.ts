@@ -43,6 +43,8 @@ export interface KeyServiceDeps {
   quota?: PairQuota;
   /** Why the node must not serve keys now (e.g. its HSM is gone), or undefined when it may. */
   stopReason?: () => string | undefined;
+  /** The technician's detail of stopReason (health only; SAEs hear the short reason). */
+  stopDetail?: () => string | undefined;
 }
 
 type Route = { kind: 'local' } | { kind: 'link'; sync: LinkSync };
@@ -294,7 +296,7 @@ export class KeyService {
       kme_id: this.#d.kmeId,
       ok: stop === undefined && links.every((l) => l.peer_reachable),
       serving: stop === undefined,
-      ...(stop !== undefined ? { stop_reason: stop } : {}),
+      ...(stop !== undefined ? { stop_reason: this.#d.stopDetail?.() ?? stop } : {}),
       links,
     };
   }

@@ -137,7 +137,8 @@ async function start(
     onRotated: (what, detail) => audit.record({ event: 'rotation', reason: `new ${what} key`, detail }),
   });
   const hsm = watchMasterKey(masterKey, logger, audit, cleanups);
-  const stopReason = () => hsm.problem;
+  const stopReason = () => (hsm.problem === undefined ? undefined : 'its master key (HSM) is unavailable');
+  const stopDetail = () => hsm.problem;
 
   const ttlMs = cfg.key_ttl_seconds * 1000;
   const graceMs = cfg.expiry_grace_seconds * 1000;
@@ -179,7 +180,7 @@ async function start(
   const quota = cfg.pool.sae_pair_quota ? new PairQuota(cfg.pool.sae_pair_quota, clock) : undefined;
   const service = new KeyService({
     kmeId: cfg.kme_id, limits: cfg.limits, ttlMs, graceMs, registry, store, sealer, batcher, links, clock, logger,
-    audit, auditFlush: () => auditLog.flush(), lowWatermark, quota, stopReason,
+    audit, auditFlush: () => auditLog.flush(), lowWatermark, quota, stopReason, stopDetail,
   });
   const diag = () => linkDiagnostics(cfg.kme_id, [...links.values()].map((l) => ({ ...l, driver: drivers.get(l.sync.linkId)! })));
 

@@ -214,9 +214,10 @@ describe('master keys, rotation and the audit trail on the demo network', () => 
       r = await net.sae('SAE_A1').post('/api/v1/keys/SAE_B1/enc_keys', { number: 1 });
     }
     expect(r.status).toBe(503);
-    expect(r.body.message).toMatch(/KME_A is not serving keys: master key unavailable/);
+    // The SAE hears a short reason; the technician's health answer has the detail.
+    expect(r.body.message).toBe('KME_A is not serving keys: its master key (HSM) is unavailable');
     const health = await admin<{ serving: boolean; stop_reason: string }>(net, 'KME_A', 'health', {});
-    expect(health).toMatchObject({ serving: false, stop_reason: expect.stringMatching(/token 'KME_A' is gone/) });
+    expect(health).toMatchObject({ serving: false, stop_reason: expect.stringMatching(/master key unavailable .*token 'KME_A' is gone/) });
     expect((await net.sae('SAE_B1').get('/api/v1/keys/SAE_A1/status')).status).toBe(200); // the other node serves on
   });
 });
