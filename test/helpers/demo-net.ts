@@ -4,6 +4,7 @@
  * `npm test`), and mTLS clients for each SAE.
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import Database from 'better-sqlite3';
 import { afterAll, afterEach, beforeAll } from 'vitest';
 import { request, Agent } from 'node:https';
 import { tmpdir } from 'node:os';
@@ -52,8 +53,30 @@ export function httpsCall(
   });
 }
 
+/** Reservations in one node's key store, by state, and those whose VOID the peer has not acknowledged. */
+export interface ReservationCounts {
+  pending: number;
+  committed: number;
+  voided: number;
+  unacked: number;
+}
+
+/** One reservation as a node's key store holds it (see DemoNet.reservationRows). */
+export interface ReservationRowView {
+  rid: string;
+  role: 'owner' | 'peer';
+  state: 'pending' | 'committed' | 'voided';
+  peer_acked: number;
+  master: string;
+  key_ids: string[];
+}
+
+/** Lines kept per process name across all its incarnations (see DemoNet.history). */
+const HISTORY_LINES = 20_000;
+
 export class DemoNet {
   readonly procs = new Map<string, ManagedProcess>();
+  readonly #history = new Map<string, string[]>();
 
   constructor(readonly demo: DemoDescription, readonly dir: string) {}
 
@@ -73,8 +96,11 @@ export class DemoNet {
 
   async startProc(kmeId: string, name: 'kme-keypoold' | 'kme-api'): Promise<void> {
     const spec = this.node(kmeId).processes.find((p) => p.name === name)!;
-    const p = startProcess(spec.argv, { cwd: this.demo.root, name: `${kmeId}/${name}` });
-    this.procs.set(`${kmeId}/${name}`, p);
+    const key = `${kmeId}/${name}`;
+    const incarnation = (this.#history.get(key) ?? []).filter((l) => l.startsWith('#### start')).length + 1;
+    this.#remember(key, `#### start ${incarnation} at ${new Date().toISOString()}`);
+    const p = startProcess(spec.argv, { cwd: this.demo.root, name: key, onLine: (line) => this.#remember(key, line) });
+    this.procs.set(key, p);
     const ready = 'unix_socket' in spec.ready ? { unix_socket: this.path(spec.ready.unix_socket) } : spec.ready;
     await p.waitUntilReady(ready, 20_000);
   }
@@ -94,6 +120,64 @@ export class DemoNet {
     const exit = await p.waitForExit(10_000);
     if (exit.code !== 0) throw new Error(`fault ${name} failed: ${p.describeExit()}`);
     return p.output('stdout').join('\n');
+  }
+
+  #remember(key: string, line: string): void {
+    let h = this.#history.get(key);
+    if (!h) this.#history.set(key, (h = []));
+    h.push(line);
+    if (h.length > HISTORY_LINES) h.splice(0, h.length - HISTORY_LINES);
+  }
+
+  /**
+   * Every output line of a daemon across all its incarnations (the process's own
+   * output() is reset at each start), each incarnation opened by a `#### start` line;
+   * `filter` keeps only matching lines. For post-mortems of kill/restart tests.
+   */
+  history(kmeId: string, name: 'kme-keypoold' | 'kme-api', filter?: (line: string) => boolean): string[] {
+    const h = this.#history.get(`${kmeId}/${name}`) ?? [];
+    return filter ? h.filter((l) => l.startsWith('#### start') || filter(l)) : [...h];
+  }
+
+  /** SIGKILL a daemon (no chance to clean up) and wait until it is gone. */
+  async kill(kmeId: string, name: 'kme-keypoold' | 'kme-api'): Promise<void> {
+    const p = this.proc(kmeId, name);
+    p.kill('SIGKILL');
+    await p.waitForExit(10_000);
+  }
+
+  /**
+   * Count the reservations in a node's key store, read-only (SQLite WAL lets
+   * this reader run beside a live keypoold; the connection is closed at once so
+   * it never holds back a checkpoint).
+   */
+  reservationCounts(kmeId: string): ReservationCounts {
+    const db = new Database(join(this.path(this.node(kmeId).state_dir), 'keystore.sqlite'), { readonly: true, fileMustExist: true });
+    try {
+      db.pragma('busy_timeout = 2000');
+      const out: ReservationCounts = { pending: 0, committed: 0, voided: 0, unacked: 0 };
+      for (const r of db.prepare('SELECT state, count(*) AS n FROM reservations GROUP BY state').all() as Array<{ state: string; n: number }>) {
+        if (r.state === 'pending' || r.state === 'committed' || r.state === 'voided') out[r.state] = r.n;
+      }
+      out.unacked = (db.prepare('SELECT count(*) AS n FROM reservations WHERE peer_acked = 0').get() as { n: number }).n;
+      return out;
+    } finally {
+      db.close();
+    }
+  }
+
+  /** Every reservation of a node's link(s) (not same-node ones), read-only, for comparing the two ends. */
+  reservationRows(kmeId: string): ReservationRowView[] {
+    const db = new Database(join(this.path(this.node(kmeId).state_dir), 'keystore.sqlite'), { readonly: true, fileMustExist: true });
+    try {
+      db.pragma('busy_timeout = 2000');
+      const rows = db.prepare("SELECT rid, role, state, peer_acked, master, key_ids FROM reservations WHERE role != 'local'").all() as Array<
+        Omit<ReservationRowView, 'key_ids'> & { key_ids: string }
+      >;
+      return rows.map((r) => ({ ...r, key_ids: JSON.parse(r.key_ids) as string[] }));
+    } finally {
+      db.close();
+    }
   }
 
   async restart(kmeId: string, name: 'kme-keypoold' | 'kme-api', signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
