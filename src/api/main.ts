@@ -41,7 +41,8 @@ function main(): void {
   }
 
   const logger = createLogger('kme-api', cfg.log_level);
-  const pool = new NdjsonPoolClient({ path: cfg.keypoold.socket, logger });
+  // A local socket: retry often, so a restarted keypoold is back in service within a quarter second.
+  const pool = new NdjsonPoolClient({ path: cfg.keypoold.socket, logger, backoff: { initialMs: 50, maxMs: 250 } });
   const app = createEtsiApp({
     pool,
     limits: cfg.limits,

@@ -195,6 +195,31 @@ export class LinkPool {
     return out;
   }
 
+  /**
+   * Burn (erase) this side's oldest owned blocks while it holds more than `maxBits` uncarved
+   * bits in owned blocks: key nobody asked for in time is dropped, as a full module would.
+   * Owned blocks are only ever erased oldest first, so erasableBelow() stays true. Run in a
+   * transaction. Returns the number of blocks burnt.
+   */
+  trimOwned(maxBits: number): number {
+    const link = this.opts.linkId;
+    let excess = (this.#store.s.ownedBits.get(link, Number.MAX_SAFE_INTEGER)?.n ?? 0) - maxBits;
+    let burnt = 0;
+    let after = -1;
+    while (excess > 0) {
+      const rows = this.#store.s.ownedBlocks.all(link, Number.MAX_SAFE_INTEGER, after, 64);
+      if (rows.length === 0) break;
+      for (const r of rows) {
+        if (excess <= 0) break;
+        this.#store.eraseBlock(link, r.block_id);
+        excess -= r.bits - r.start_bit;
+        after = r.block_id;
+        burnt++;
+      }
+    }
+    return burnt;
+  }
+
   /** Lowest owned block still holding uncarved bits (all owned blocks below it are gone). */
   erasableBelow(): number {
     return this.#store.s.lowestOwned.get(this.opts.linkId)?.b ?? this.highWater() + 1;

@@ -64,6 +64,8 @@ const MAX_IN_FLIGHT = 1;
 const MAX_QUEUE = 4096;
 /** How far past the highest block held an alarm may name blocks (a module buffers far fewer). */
 const MAX_ALARM_AHEAD_BLOCKS = 1_000_000;
+/** How long a count of the keys available is reused (status polling). */
+const AVAILABLE_TTL_MS = 200;
 /** Most rids per recovery or VOID message. */
 const RECOVERY_CHUNK = 500;
 
@@ -83,6 +85,11 @@ export interface LinkSyncDeps {
   myKmeId: string;
   /** The audit trail (key events, never key material). */
   audit?: Audit;
+  /**
+   * Most uncarved bits this side keeps in blocks it owns (max_key_count keys of the default size);
+   * beyond it the oldest are burnt. Undefined: no bound.
+   */
+  maxOwnedBits?: number;
   /** Why this node must not take on reservations now (e.g. its HSM is gone). */
   stopReason?: () => string | undefined;
 }
@@ -128,8 +135,16 @@ export class LinkSync {
   /** Keys the owner can promise now for keys of `size` bits. */
   availableKeys(size: number): number {
     if (!this.#peerReachable) return 0;
-    return Math.floor(this.#d.pool.ownedAvailableBits(this.#peerHw) / size);
+    // Counting is a scan of the link's blocks: SAEs polling `status` share one count per 200 ms.
+    const now = this.#d.clock.now();
+    let a = this.#available;
+    if (!a || a.peerHw !== this.#peerHw || now - a.at >= AVAILABLE_TTL_MS) {
+      a = this.#available = { at: now, peerHw: this.#peerHw, bits: this.#d.pool.ownedAvailableBits(this.#peerHw) };
+    }
+    return Math.floor(a.bits / size);
   }
+
+  #available: { at: number; peerHw: number; bits: number } | undefined;
 
   // ---------------------------------------------------------------- owner side
 
@@ -268,9 +283,17 @@ export class LinkSync {
   }
 
   async #maintain(): Promise<void> {
-    const { client, store, batcher } = this.#d;
+    const { client, store, batcher, pool } = this.#d;
+    // Key this side will not use in time is burnt, oldest first, so that one-way traffic does
+    // not fill the pool (and stop ingestion) with blocks nobody carves; the heartbeat then lets
+    // the peer erase its copies.
+    if (this.#d.maxOwnedBits !== undefined) {
+      const max = this.#d.maxOwnedBits;
+      const burnt = await batcher.runVolatile(() => pool.trimOwned(max));
+      if (burnt > 0) this.#d.logger.debug({ link: this.linkId, blocks: burnt }, 'oldest unused blocks burnt: pool full in this direction');
+    }
     try {
-      const hello = (await client.call('hello', {})) as HelloResponse;
+      const hello = (await client.call('hello', { erasable_below: pool.erasableBelow() })) as HelloResponse;
       this.#sawPeer(hello.hw);
     } catch (e) {
       this.#peerDown(e);
@@ -443,7 +466,14 @@ export class LinkSync {
     return { states };
   }
 
-  onHello(): HelloResponse {
+  onHello(erasableBelow?: unknown): HelloResponse {
+    if (Number.isSafeInteger(erasableBelow)) {
+      // Queued behind any reservations that arrived before this heartbeat (same order as sent).
+      const below = erasableBelow as number;
+      this.#d.batcher.runVolatile(() => this.#d.pool.erasePeerBlocksBelow(below)).catch((e) =>
+        this.#d.logger.warn({ link: this.linkId, err: (e as Error).message }, 'could not erase the peer\'s spent blocks'),
+      );
+    }
     return { kme_id: this.#d.myKmeId, link: this.linkId, hw: this.#d.pool.highWater() };
   }
 }

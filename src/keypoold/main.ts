@@ -157,7 +157,7 @@ async function start(
     cleanups.push(() => client.close());
     const sync = new LinkSync({
       pool, store, batcher, client, registry, clock, logger, ttlMs, skewMs: graceMs, peerTimeoutMs: cfg.peer.timeout_ms, myKmeId: cfg.kme_id,
-      audit, stopReason,
+      audit, stopReason, maxOwnedBits: cfg.limits.max_key_count * cfg.limits.default_key_size,
     });
     links.set(l.peer_kme_id, { sync, pool });
     byLinkId.set(l.link_id, sync);

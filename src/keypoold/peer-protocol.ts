@@ -8,7 +8,9 @@
  * No key material ever crosses it (both ends hold the same blocks; only
  * slices are named).
  *
- *   hello         {link}                        -> HelloResponse
+ *   hello         {link, erasable_below?}       -> HelloResponse (heartbeat; erasable_below as
+ *                 in ReservationsRequest, so a side that sends no reservations still lets
+ *                 the other erase the blocks it will never use)
  *   reservations  {link, ...ReservationsRequest} -> ReservationsResponse
  *   void          {link, rids}                  -> VoidResponse
  *   query         {link, rids}                  -> QueryResponse

@@ -73,7 +73,7 @@ async function dispatch(links: Map<string, LinkSync>, cn: string, op: string, ra
   const rids = Array.isArray(args.rids) ? args.rids.filter((r): r is string => typeof r === 'string') : [];
   switch (op) {
     case 'hello':
-      return link.onHello();
+      return link.onHello(args.erasable_below);
     case 'reservations':
       if (!Array.isArray(args.reservations)) throw new KmeError('BAD_REQUEST', 'reservations must be an array');
       return link.onReservations(args as unknown as ReservationsRequest);

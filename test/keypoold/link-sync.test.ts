@@ -54,11 +54,11 @@ async function makeNode(id: string, peer: string, ca: { cert: string; key: strin
   return { id, peer, store, sealer, pool, links, server, tls, registry };
 }
 
-function connect(me: Awaited<ReturnType<typeof makeNode>>, other: Awaited<ReturnType<typeof makeNode>>, timeoutMs = 1000): Node {
+function connect(me: Awaited<ReturnType<typeof makeNode>>, other: Awaited<ReturnType<typeof makeNode>>, timeoutMs = 1000, maxOwnedBits?: number): Node {
   const client = new PeerClient({ baseUrl: `https://127.0.0.1:${other.server.port}`, linkId: LINK, peerKmeId: other.id, tls: me.tls, timeoutMs, logger });
   const sync = new LinkSync({
     pool: me.pool, store: me.store, batcher: new TxBatcher(me.store.db, logger), client, registry: me.registry,
-    clock: systemClock, logger, ttlMs: 60_000, skewMs: 5000, peerTimeoutMs: timeoutMs, myKmeId: me.id,
+    clock: systemClock, logger, ttlMs: 60_000, skewMs: 5000, peerTimeoutMs: timeoutMs, myKmeId: me.id, maxOwnedBits,
   });
   me.links.set(LINK, sync);
   return { ...me, sync };
@@ -73,8 +73,9 @@ beforeEach(async () => {
   const ca = await createCa({ cn: 'test CA' });
   const a = await makeNode('KME_A', 'KME_B', ca, registry);
   const b = await makeNode('KME_B', 'KME_A', ca, registry);
-  A = connect(a, b);
-  B = connect(b, a);
+  // Each side keeps at most four blocks' worth of its own unused key (all it gets here at first).
+  A = connect(a, b, 1000, 4 * 2048);
+  B = connect(b, a, 1000, 4 * 2048);
   const sim = new SimQkdModule({ linkId: LINK, moduleId: 'm', seed: Buffer.alloc(32, 9), rateBps: 1e6, blockBits: 2048, epochMs: 0, clock: systemClock });
   const blocks = Array.from({ length: 8 }, (_, i) => ({ blockId: i, bits: 2048, material: sim.material(i) }));
   for (const n of [A, B]) n.store.db.transaction(() => n.pool.ingest(blocks))();
@@ -251,5 +252,25 @@ describe('LinkSync over the KME-to-KME channel', () => {
     await A.sync.maintain();
     expect(state(A, rid)).toMatchObject({ state: 'voided', peer_acked: 1 });
     expect(state(B, rid)).toMatchObject({ state: 'voided' });
+  });
+
+  it('one-way traffic does not starve the link: the idle side burns its oldest unused blocks and the heartbeat lets the other erase them', async () => {
+    const sim = new SimQkdModule({ linkId: LINK, moduleId: 'm', seed: Buffer.alloc(32, 9), rateBps: 1e6, blockBits: 2048, epochMs: 0, clock: systemClock });
+    const more = Array.from({ length: 8 }, (_, i) => ({ blockId: 8 + i, bits: 2048, material: sim.material(8 + i) }));
+    for (const n of [A, B]) n.store.db.transaction(() => n.pool.ingest(more))();
+    const peerBlocksAtA = () => (A.store.db.prepare('SELECT block_id FROM blocks WHERE mine = 0 ORDER BY block_id').all() as Array<{ block_id: number }>).map((r) => r.block_id);
+    expect(peerBlocksAtA()).toEqual([1, 3, 5, 7, 9, 11, 13, 15]);
+    // Only A's SAEs ask for keys; B keeps at most four blocks' worth of its own.
+    await A.sync.request({ ...req, number: 8 });
+    await B.sync.maintain();
+    const ownedAtB = (B.store.db.prepare('SELECT block_id FROM blocks WHERE mine = 1 ORDER BY block_id').all() as Array<{ block_id: number }>).map((r) => r.block_id);
+    expect(ownedAtB).toEqual([9, 11, 13, 15]);
+    expect(B.pool.erasableBelow()).toBe(9);
+    await new Promise((r) => setTimeout(r, 50)); // A erases in its next commit
+    expect(peerBlocksAtA()).toEqual([9, 11, 13, 15]);
+    // A's own blocks in use are untouched; B can still serve every key A promised.
+    expect(A.pool.ownedAvailableBits(A.sync.peerHw)).toBe(8 * 2048 - 8 * 256);
+    const keys = await A.sync.request(req);
+    expect(B.store.s.keyGet.get(keys[0]!.keyId)).toBeDefined();
   });
 });
