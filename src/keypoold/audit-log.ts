@@ -41,6 +41,14 @@ export interface AuditLogOptions {
   segmentBytes: number;
   clock: { now(): number };
   logger: Logger;
+  /**
+   * Told of each line as it is recorded (before it is written). keypoold keeps the lines in its
+   * store's outbox, inside the transaction the event belongs to, so a crash between that commit
+   * and the trail's write loses no line (see restore()).
+   */
+  onLine?: (seq: number, line: string) => void;
+  /** Lines from the outbox to put back at open (see restore()), before anything new is recorded. */
+  pending?: string[];
 }
 
 interface Chunk {
@@ -90,6 +98,31 @@ export class AuditLog {
     this.#durable = { ...head };
     this.#segIndex = segIndex;
     this.#segSize = segSize;
+    this.#onLine = opts.onLine;
+  }
+
+  readonly #onLine: ((seq: number, line: string) => void) | undefined;
+
+  /**
+   * Put back lines recorded before a crash but never written (from the store's outbox), in
+   * seq order. Lines the trail already holds are skipped; the rest must continue the chain
+   * exactly, else AuditLogError (lines are missing that neither the trail nor the outbox
+   * has: run the verifier). Returns how many were put back; flush() writes them.
+   */
+  restore(lines: string[]): number {
+    let n = 0;
+    for (const raw of lines) {
+      const text = raw.endsWith('\n') ? raw.slice(0, -1) : raw;
+      const c = checkLine(text);
+      if (!c.ok) throw brokenChain(this.#dir, 'outbox', c.seq ?? '?', `an outbox line is damaged (${c.why})`);
+      if (c.line.seq <= this.#seq) continue;
+      if (c.line.seq !== this.#seq + 1 || c.line.prev !== this.#hash) {
+        throw brokenChain(this.#dir, 'outbox', c.line.seq, `the outbox does not continue the trail at seq ${this.#seq + 1}`);
+      }
+      this.#append(c.line.seq, c.line.hash, text + '\n');
+      n++;
+    }
+    return n;
   }
 
   /** Create the folder (0700) if need be and resume the chain. Throws AuditLogError if the tail's chain is broken. */
@@ -97,7 +130,11 @@ export class AuditLog {
     if (!(opts.segmentBytes > 0)) throw new TypeError('segmentBytes must be positive');
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const segs = listSegments(dir);
-    if (segs.length === 0) return new AuditLog(dir, opts, { seq: 0, hash: GENESIS }, 1, 0);
+    if (segs.length === 0) {
+      const fresh = new AuditLog(dir, opts, { seq: 0, hash: GENESIS }, 1, 0);
+      fresh.restore(opts.pending ?? []);
+      return fresh;
+    }
 
     const newest = segs[segs.length - 1]!;
     const tail = readTail(dir, newest, true);
@@ -109,6 +146,7 @@ export class AuditLog {
       if (!head) throw brokenChain(dir, segmentName(before!), 0, 'a closed segment is empty');
     }
     const log = new AuditLog(dir, opts, head, newest, tail.size);
+    log.restore(opts.pending ?? []);
     if (tail.dropped > 0) {
       opts.logger.warn({ segment: segmentName(newest), dropped_bytes: tail.dropped }, 'audit log: torn tail repaired');
       log.record({
@@ -139,6 +177,11 @@ export class AuditLog {
     const body = encodeBody(seq, this.#ts, this.#hash, e);
     const hash = sha256Hex(body);
     const line = encodeLine(body, hash);
+    this.#append(seq, hash, line);
+    this.#onLine?.(seq, line);
+  }
+
+  #append(seq: number, hash: string, line: string): void {
     let chunk = this.#chunks[this.#chunks.length - 1];
     if (this.#segSize >= this.#segmentBytes) {
       this.#segIndex++;

@@ -104,7 +104,15 @@ async function start(
   cleanups.push(() => store.close());
   const masterKey = await openMasterKeyProvider(cfg.master_key, logger);
   cleanups.push(() => masterKey.close());
-  const auditLog = AuditLog.open(cfg.audit.dir!, { segmentBytes: cfg.audit.segment_bytes, clock, logger });
+  // Each line also goes into the store's outbox, in the transaction of the event it records, so
+  // a crash after a commit and before the trail's write loses no line: they are put back here.
+  const auditLog = AuditLog.open(cfg.audit.dir!, {
+    segmentBytes: cfg.audit.segment_bytes, clock, logger,
+    onLine: (seq, line) => void store.s.outboxPut.run(seq, line),
+    pending: store.s.outboxAll.all().map((r) => r.line),
+  });
+  await auditLog.flush();
+  store.s.outboxTrim.run(auditLog.durableHead.seq);
   const audit = new Audit(auditLog, logger);
   const batcher = new TxBatcher(
     store.db,
@@ -203,10 +211,17 @@ async function start(
   every(SWEEP_MS, () => service.sweep());
   every(MAINTAIN_MS, async () => service.watchLevels());
   // Events recorded outside a store commit (refusals, alarms) reach the disk within a second.
-  every(AUDIT_FLUSH_MS, () => auditLog.flush().catch((e) => {
-    logger.fatal({ err: (e as Error).message }, 'the audit trail could not be written; stopping');
-    fatal();
-  }));
+  every(AUDIT_FLUSH_MS, async () => {
+    try {
+      await auditLog.flush();
+    } catch (e) {
+      logger.fatal({ err: (e as Error).message }, 'the audit trail could not be written; stopping');
+      return fatal();
+    }
+    // Lines the trail holds durably leave the outbox.
+    const { seq } = auditLog.durableHead;
+    await batcher.runVolatile(() => store.s.outboxTrim.run(seq));
+  });
   // Fold the WAL back into the store and truncate it, so copies of erased records do not linger
   // there; and note where the audit trail stood, so a cut-off trail is detected.
   every(CHECKPOINT_MS, async () => {

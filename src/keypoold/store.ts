@@ -74,6 +74,7 @@ CREATE INDEX IF NOT EXISTS reservations_last_block ON reservations(link, last_bl
 CREATE TABLE IF NOT EXISTS discarded (link TEXT NOT NULL, first_block INTEGER NOT NULL, last_block INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS reservations_pending ON reservations(link, created_at) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS reservations_unacked ON reservations(link) WHERE peer_acked = 0;
+CREATE TABLE IF NOT EXISTS audit_outbox (seq INTEGER PRIMARY KEY, line TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (
   key_id TEXT PRIMARY KEY, rid TEXT NOT NULL, master TEXT NOT NULL, slaves TEXT NOT NULL,
   fetched TEXT NOT NULL DEFAULT '[]', sealed BLOB NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID;
@@ -119,6 +120,10 @@ export class Store {
       rekeyKeyPut: db.prepare('UPDATE keys SET sealed = ? WHERE key_id = ?'),
       countBlockData: db.prepare<[], { n: number }>('SELECT count(*) AS n FROM block_data'),
       countKeys: db.prepare<[], { n: number }>('SELECT count(*) AS n FROM keys'),
+      /** Audit lines recorded in a transaction, kept until the trail holds them (audit-log.ts). */
+      outboxPut: db.prepare('INSERT OR REPLACE INTO audit_outbox (seq, line) VALUES (?, ?)'),
+      outboxAll: db.prepare<[], { line: string }>('SELECT line FROM audit_outbox ORDER BY seq'),
+      outboxTrim: db.prepare('DELETE FROM audit_outbox WHERE seq <= ?'),
       hwGet: db.prepare<[string], { high_water: number }>('SELECT high_water FROM link_state WHERE link = ?'),
       hwPut: db.prepare('INSERT OR REPLACE INTO link_state (link, high_water) VALUES (?, ?)'),
       blockPut: db.prepare(

@@ -33,10 +33,12 @@
  * and so the exact instants hit, still vary). KILL_CYCLES sets the number of
  * cycles (default 20, each kills one keypoold or both).
  */
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { NdjsonPoolClient } from '../../src/ipc/ndjson-client.js';
 import { silentLogger } from '../../src/common/logger.js';
+import { verifyAuditLog } from '../../src/common/audit-verify.js';
 import { useDemoNet, type HttpResult, type ReservationCounts } from '../helpers/demo-net.js';
 
 const SEED = process.env.KILL_SEED ? Number(process.env.KILL_SEED) : Math.floor(Math.random() * 2 ** 31);
@@ -374,6 +376,30 @@ describe('SIGKILL cycles of the keypoolds under load', () => {
       }
     }
 
+    // ------------------------------------------------------- audit trails
+    // Each node's trail verifies, and shows every delivery at the master's node and every fetch
+    // (also one cut by a kill after its durable record) at the slave's: no line was lost to a kill.
+    await sleep(1500); // flushed within a second
+    const auditGaps: string[] = [];
+    const trail = new Map<Node, Array<{ event: string; sae?: string; key_ids?: string[] }>>();
+    for (const n of NODES) {
+      const dir = join(net.path(net.node(n).state_dir), 'audit');
+      const v = verifyAuditLog(dir);
+      if (!v.ok) auditGaps.push(`${n}: audit trail broken: ${JSON.stringify(v.break)}`);
+      trail.set(n, readdirSync(dir).sort().flatMap((f) => readFileSync(join(dir, f), 'utf8').split('\n').filter(Boolean)).map((l) => JSON.parse(l)));
+    }
+    const idsOf = (n: Node, event: string, sae?: string) =>
+      new Set(trail.get(n)!.filter((l) => l.event === event && (sae === undefined || l.sae === sae)).flatMap((l) => l.key_ids ?? []));
+    for (const b of batches) {
+      const delivered = idsOf(kmeOf(b.master), 'delivered');
+      if (!b.keys.every((k) => delivered.has(k.key_ID))) auditGaps.push(`batch ${b.n}: no 'delivered' line at ${kmeOf(b.master)}`);
+      for (const f of b.fetches) {
+        if (f.outcome !== 'served' && f.outcome !== 'cut') continue;
+        const got = idsOf(kmeOf(f.slave), 'fetched', f.slave);
+        if (!b.keys.every((k) => got.has(k.key_ID))) auditGaps.push(`batch ${b.n}: no 'fetched' line for ${f.slave} at ${kmeOf(f.slave)} (${f.outcome})`);
+      }
+    }
+
     // -------------------------------------------------------------- report
     const keys = batches.reduce((n, b) => n + b.keys.length, 0);
     const fetchesServed = served.length;
@@ -412,6 +438,7 @@ describe('SIGKILL cycles of the keypoolds under load', () => {
     expect(violations, `${tag} invariant violations`).toEqual([]);
     expect(settled, `${tag} not reconciled within ${RECONCILE_MS} ms: peers reachable=${JSON.stringify(reachable)} ${JSON.stringify(counts)}`).toBe(true);
     expect(fresh, `${tag} fresh round trips after the storm`).toEqual([]);
+    expect(auditGaps, `${tag} audit trails`).toEqual([]);
     // The test must have tested something.
     expect(cycle).toBe(CYCLES);
     expect(killsUnderLoad).toBeGreaterThanOrEqual(CYCLES / 2);
