@@ -371,7 +371,7 @@ async function bench(): Promise<number> {
   const diag = await Promise.all(
     bigDesc.nodes.map(async (node) => {
       // diag is served on the maintenance socket where keypoold has one.
-      const sock = abs((node as { admin_socket?: string }).admin_socket ?? node.keypoold_socket);
+      const sock = abs(node.admin_socket);
       const d = (await poolCall(sock, 'diag', {})) as { links: Array<{ stored_bits: number; blocks: number }> };
       return d.links[0]!;
     }),

@@ -11,7 +11,7 @@ import { join, resolve, isAbsolute } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { prepareDemo } from '../src/demo/prepare.js';
 import { freePorts } from '../src/demo/ports.js';
-import { startProcess, type ManagedProcess } from '../src/demo/processes.js';
+import { startProcess, withNodeArgs, type ManagedProcess } from '../src/demo/processes.js';
 import { NdjsonPoolClient } from '../src/ipc/ndjson-client.js';
 import { silentLogger } from '../src/common/logger.js';
 
@@ -72,12 +72,12 @@ async function main(): Promise<number> {
     const keypoolds = desc.nodes.map((n) => {
       const p = n.processes.find((x) => x.name === 'kme-keypoold')!;
       const extra = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
-      const proc = startProcess(['node', ...extra, ...p.argv.slice(1)], { cwd: desc.root, name: `${n.kme_id} keypoold` });
+      const proc = startProcess(withNodeArgs(p.argv, extra), { cwd: desc.root, name: `${n.kme_id} keypoold` });
       procs.push(proc);
       return { node: n, proc, ready: 'unix_socket' in p.ready ? { unix_socket: abs(p.ready.unix_socket) } : p.ready };
     });
     for (const k of keypoolds) await k.proc.waitUntilReady(k.ready, 20_000);
-    const clients = keypoolds.map((k) => new NdjsonPoolClient({ path: abs(k.node.keypoold_socket), logger: silentLogger() }));
+    const clients = keypoolds.map((k) => new NdjsonPoolClient({ path: abs(k.node.admin_socket), logger: silentLogger() }));
     const hw = async () => Promise.all(clients.map(async (c) => (await c.call('diag', {})).links[0]!.high_water));
 
     await new Promise((r) => setTimeout(r, 2000)); // warm-up: sessions up, credit flowing

@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 import type { DemoDescription, DemoNode } from '../src/demo/description.js';
 import { isInside } from '../src/demo/files.js';
 import { prepareDemo, type PrepareOptions } from '../src/demo/prepare.js';
-import { startProcess, type ManagedProcess, type ReadyTarget } from '../src/demo/processes.js';
+import { startProcess, withNodeArgs, type ManagedProcess, type ReadyTarget } from '../src/demo/processes.js';
 import type { LoadJob, LoadResult } from './bench-types.js';
 
 export const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
@@ -53,7 +53,7 @@ export const logIssueTotal = () => logIssueCount;
 const extraNodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
 
 export function start(argv: string[], name: string, short: string, server: boolean, onStdout?: (line: string) => void): ManagedProcess {
-  if (server && argv[0] === 'node') argv = ['node', ...extraNodeArgs, ...argv.slice(1)];
+  if (server) argv = withNodeArgs(argv, extraNodeArgs);
   const proc = startProcess(argv, {
     cwd: ROOT,
     name,
@@ -272,7 +272,7 @@ export function hostPort(etsiUrl: string): { host: string; port: number } {
  */
 export async function prepareNet(dir: string, opts: Omit<PrepareOptions, 'dir'>): Promise<DemoDescription> {
   const desc = await prepareDemo(ROOT, { ...opts, dir });
-  const sockets = desc.nodes.flatMap((n) => [n.keypoold_socket, (n as { admin_socket?: string }).admin_socket ?? n.keypoold_socket].map(abs));
+  const sockets = desc.nodes.flatMap((n) => [n.keypoold_socket, n.admin_socket].map(abs));
   if ('unix_socket' in desc.qkd_sim.ready) sockets.push(abs(desc.qkd_sim.ready.unix_socket));
   for (const sock of sockets) {
     const folder = dirname(sock);

@@ -282,3 +282,9 @@ const indent = (text: string) =>
     .split('\n')
     .map((l) => `    ${l}`)
     .join('\n');
+
+/** `argv` with `nodeArgs` given to the Node binary it runs (after any `env VAR=...` prefix); unchanged if it runs no `node`. */
+export function withNodeArgs(argv: string[], nodeArgs: string[]): string[] {
+  const i = argv.indexOf('node');
+  return i < 0 || nodeArgs.length === 0 ? argv : [...argv.slice(0, i + 1), ...nodeArgs, ...argv.slice(i + 1)];
+}

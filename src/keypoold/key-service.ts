@@ -34,9 +34,8 @@ export interface KeyServiceDeps {
   links: Map<string, { sync: LinkSync; pool: LinkPool }>;
   clock: Clock;
   logger: Logger;
-  /** The audit trail; `flush` makes recorded events durable. */
+  /** The audit trail. */
   audit?: Audit;
-  auditFlush?: () => Promise<void>;
   /** Low-watermark events per link. */
   lowWatermark?: LowWatermark;
   /** Optional quota per SAE pair. */
@@ -131,13 +130,17 @@ export class KeyService {
     const slaves = [a.slave, ...a.additional];
     try {
       const issued = await this.#encKeys(a, slaves);
-      // The trail shows every key handed out before it leaves.
-      this.#d.audit?.record({ event: 'delivered', master: a.caller, slaves, key_ids: issued.map((k) => k.keyId), size: a.size });
-      try {
-        await this.#d.auditFlush?.();
-      } catch (e) {
-        issued.forEach((k) => k.material.fill(0));
-        throw e;
+      // The trail's line is committed (to the store's outbox) before the keys leave, so no crash
+      // of this process loses it. Like the owner's own carve, it is not fsynced first: a power cut
+      // may take it back, while the slave's KME holds its `reserved` line durably.
+      const { audit, batcher } = this.#d;
+      if (audit) {
+        try {
+          await batcher.runVolatile(() => audit.record({ event: 'delivered', master: a.caller, slaves, key_ids: issued.map((k) => k.keyId), size: a.size }));
+        } catch (e) {
+          issued.forEach((k) => k.material.fill(0));
+          throw e;
+        }
       }
       return { keys: encode(issued) };
     } catch (e) {

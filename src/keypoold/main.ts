@@ -188,7 +188,7 @@ async function start(
   const quota = cfg.pool.sae_pair_quota ? new PairQuota(cfg.pool.sae_pair_quota, clock) : undefined;
   const service = new KeyService({
     kmeId: cfg.kme_id, limits: cfg.limits, ttlMs, graceMs, registry, store, sealer, batcher, links, clock, logger,
-    audit, auditFlush: () => auditLog.flush(), lowWatermark, quota, stopReason, stopDetail,
+    audit, lowWatermark, quota, stopReason, stopDetail,
   });
   const diag = () => linkDiagnostics(cfg.kme_id, [...links.values()].map((l) => ({ ...l, driver: drivers.get(l.sync.linkId)! })));
 

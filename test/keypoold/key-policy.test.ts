@@ -37,7 +37,7 @@ async function makeService(quota?: PairQuota) {
   return new KeyService({
     kmeId: 'K', limits, ttlMs: 10_000, graceMs: 0, registry, store, sealer: new Sealer(randomBytes(32)),
     batcher, links: new Map(), clock, logger,
-    audit: new Audit(auditLog, logger), auditFlush: () => auditLog.flush(), quota, stopReason: () => stop,
+    audit: new Audit(auditLog, logger), quota, stopReason: () => stop,
   });
 }
 
@@ -160,12 +160,25 @@ describe('audit trail of key events', () => {
     expect(v.last_seq).toBe(lines.length);
   });
 
-  it('makes the delivered event durable before enc_keys answers', async () => {
-    const service = await makeService();
-    const before = auditLog.durableHead.seq;
-    await service.encKeys({ caller: 'M', slave: 'S1', additional: [], number: 1, size: 256 });
-    expect(auditLog.durableHead.seq).toBe(before + 1);
-    expect(trail().at(-1)).toMatchObject({ event: 'delivered' });
+  it('records the delivered event in a committed store transaction before enc_keys answers', async () => {
+    const outbox: number[] = [];
+    const log2 = AuditLog.open(join(dir, 'audit2'), {
+      segmentBytes: 1 << 20, clock, logger,
+      onLine: (seq) => {
+        // Called inside the batcher's transaction: the outbox row commits with it.
+        expect(store.db.inTransaction).toBe(true);
+        outbox.push(seq);
+      },
+    });
+    const registry = await Registry.open(join(dir, 'registry.json'));
+    const service = new KeyService({
+      kmeId: 'K', limits, ttlMs: 10_000, graceMs: 0, registry, store, sealer: new Sealer(randomBytes(32)),
+      batcher, links: new Map(), clock, logger, audit: new Audit(log2, logger),
+    });
+    const { keys } = await service.encKeys({ caller: 'M', slave: 'S1', additional: [], number: 1, size: 256 });
+    expect(outbox).toEqual([1]);
+    await log2.close();
+    expect(readFileSync(join(dir, 'audit2', readdirSync(join(dir, 'audit2'))[0]!), 'utf8')).toContain(keys[0]!.key_ID);
   });
 
   it('records an event whose free text breaks the content rules without its details, instead of failing the operation', () => {
