@@ -11,6 +11,7 @@ import { readFileSync } from 'node:fs';
 import type { Server as HttpsServer } from 'node:https';
 import { configPathFromArgv, loadConfig, type NodeConfig } from '../common/config.js';
 import { createLogger, type Logger } from '../common/logger.js';
+import { createSdNotifier, startWatchdog } from '../common/sd-notify.js';
 import { NdjsonPoolClient } from '../ipc/ndjson-client.js';
 import { createEtsiApp } from './app.js';
 import { identityFromSocket, type TlsMaterial } from './mtls.js';
@@ -53,9 +54,19 @@ function main(): void {
   });
 
   const server = createEtsiServer(app, tls, logger);
+  // systemd (sd_notify): READY=1 once the HTTPS listener is up, WATCHDOG=1 while it stays up (not
+  // tied to keypoold: SAEs get 503 and the client reconnects), STOPPING=1 on a stop signal.
+  const notifier = createSdNotifier({ logger });
+  const stopping = () => notifier.stopping('stopping');
+  process.once('SIGTERM', stopping);
+  process.once('SIGINT', stopping);
   installShutdown(server, pool, logger);
   listen(server, cfg.api.port, cfg.api.host).then(
-    (port) => logger.info({ host: cfg.api.host, port, kme_id: cfg.kme_id }, 'listening'),
+    (port) => {
+      logger.info({ host: cfg.api.host, port, kme_id: cfg.kme_id }, 'listening');
+      notifier.ready(`listening on ${cfg.api.host}:${port}`);
+      startWatchdog({ notifier, logger, check: () => ({ healthy: server.listening, status: `listening on ${cfg.api.host}:${port}` }) });
+    },
     (err: unknown) => {
       logger.fatal({ err }, 'cannot listen');
       process.exit(1);

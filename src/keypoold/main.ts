@@ -9,6 +9,7 @@ import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConfigError, configPathFromArgv, loadConfig, type NodeConfig } from '../common/config.js';
 import { createLogger, type Logger } from '../common/logger.js';
+import { createSdNotifier, startWatchdog } from '../common/sd-notify.js';
 import { systemClock, type QkdModuleDriver } from '../../drivers/types.js';
 import { createModuleDriver } from './module-driver.js';
 import { serveNdjson } from '../ipc/ndjson-server.js';
@@ -239,6 +240,23 @@ async function start(
     { kme_id: cfg.kme_id, socket: cfg.keypoold.socket, admin_socket: cfg.keypoold.admin_socket, peer_port: cfg.peer.port, links: cfg.links.length, master_key: masterKey.kind },
     'ready',
   );
+  // systemd (sd_notify): READY=1 now that both sockets listen; WATCHDOG=1 only while keys are served
+  // and the store takes a durable commit; STOPPING=1 first thing at shutdown (cleanups run in reverse).
+  const notifier = createSdNotifier({ logger });
+  notifier.ready(`serving keys as ${cfg.kme_id}`);
+  const watchdog = startWatchdog({
+    notifier, logger,
+    check: async () => {
+      const h = service.health();
+      if (signal.aborted || !h.serving) return { healthy: false, status: `not serving keys: ${h.stop_reason ?? 'stopping'}` };
+      await batcher.run(() => store.putMeta('watchdog_probe', Buffer.from(String(clock.now()))));
+      return { healthy: true, status: `serving keys; peers reachable on ${h.links.filter((l) => l.peer_reachable).length}/${h.links.length} link(s)` };
+    },
+  });
+  cleanups.push(() => {
+    watchdog.stop();
+    notifier.stopping('stopping');
+  });
 }
 
 /** Record in the store the audit trail's last durable line (the verifier checks the trail reaches it). */
