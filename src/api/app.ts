@@ -7,7 +7,7 @@
  *   GET|POST  /api/v1/keys/{slave_SAE_ID}/enc_keys
  *   GET|POST  /api/v1/keys/{master_SAE_ID}/dec_keys
  */
-import { Hono, type Context } from 'hono';
+import { Hono, type Context, type MiddlewareHandler } from 'hono';
 import type { Limits } from '../common/config.js';
 import { isKmeError, unauthorized } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
@@ -24,6 +24,8 @@ export interface EtsiAppDeps {
   identityOf: (c: Context) => string | null;
   logger: Logger;
   maxBodyBytes: number;
+  /** Runs first on every request (metrics: src/api/metrics.ts). */
+  observe?: MiddlewareHandler;
 }
 
 const STATUS = '/api/v1/keys/:id/status';
@@ -70,6 +72,7 @@ function keysBody(r: KeysResult): KeysResult {
 export function createEtsiApp(deps: EtsiAppDeps) {
   const { pool, limits, identityOf, maxBodyBytes } = deps;
   const app = new Hono();
+  if (deps.observe) app.use('*', deps.observe);
 
   const callerOf = (c: Context): string => {
     const id = identityOf(c);

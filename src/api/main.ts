@@ -14,6 +14,7 @@ import { createLogger, type Logger } from '../common/logger.js';
 import { createSdNotifier, startWatchdog } from '../common/sd-notify.js';
 import { NdjsonPoolClient } from '../ipc/ndjson-client.js';
 import { createEtsiApp } from './app.js';
+import { apiMetrics, startApiAdmin } from './metrics.js';
 import { identityFromSocket, type TlsMaterial } from './mtls.js';
 import { createEtsiServer, listen } from './server.js';
 
@@ -44,7 +45,9 @@ function main(): void {
   const logger = createLogger('kme-api', cfg.log_level);
   // A local socket: retry often, so a restarted keypoold is back in service within a quarter second.
   const pool = new NdjsonPoolClient({ path: cfg.keypoold.socket, logger, backoff: { initialMs: 50, maxMs: 250 } });
+  const metrics = cfg.api.metrics ? apiMetrics({ kmeId: cfg.kme_id, serverCertPem: tls.cert, pool }) : undefined;
   const app = createEtsiApp({
+    observe: metrics?.middleware,
     pool,
     limits: cfg.limits,
     kmeId: cfg.kme_id,
@@ -72,6 +75,12 @@ function main(): void {
       process.exit(1);
     },
   );
+  if (cfg.api.metrics && metrics) {
+    startApiAdmin(cfg.api.metrics, logger, metrics, { listening: () => server.listening, pool }).catch((err: unknown) => {
+      logger.fatal({ err: (err as Error).message }, 'cannot start the admin listener');
+      process.exit(1);
+    });
+  }
 }
 
 function installShutdown(server: HttpsServer, pool: NdjsonPoolClient, logger: Logger): void {

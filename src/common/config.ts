@@ -138,6 +138,25 @@ export const linkSchema = z
   })
   .strict();
 
+/**
+ * A daemon's local-only admin listener (plain HTTP: /healthz, /readyz, /metrics).
+ * Loopback only: it has no TLS and no authentication. Port 0 takes any free port (tests).
+ */
+export const metricsListenerSchema = z
+  .object({
+    host: z
+      .string()
+      .default('127.0.0.1')
+      .refine((h) => h === '127.0.0.1' || h === '::1', {
+        error: (iss) =>
+          `the metrics listener is plain HTTP without authentication, so its host must be 127.0.0.1 or ::1 (loopback), not ${JSON.stringify(iss.input)}; ` +
+          'to scrape it from another machine, put an authenticating TLS proxy in front',
+      }),
+    port: z.number().int().min(0).max(65535),
+  })
+  .strict();
+export type MetricsListenerConfig = z.infer<typeof metricsListenerSchema>;
+
 export const nodeConfigSchema = z
   .object({
     kme_id: entityId,
@@ -153,6 +172,8 @@ export const nodeConfigSchema = z
          * rotation); kme-api never gets it. Default: keypoold-admin.sock beside `socket`.
          */
         admin_socket: z.string().optional(),
+        /** keypoold's admin HTTP listener (health, readiness, metrics); absent: none. */
+        metrics: metricsListenerSchema.optional(),
       })
       .strict(),
     api: z
@@ -162,6 +183,8 @@ export const nodeConfigSchema = z
         tls: tlsFiles,
         identity: identitySchema.default({ source: 'subject_cn' }),
         max_body_bytes: z.number().int().positive().default(65536),
+        /** kme-api's admin HTTP listener (health, readiness, metrics); absent: none. */
+        metrics: metricsListenerSchema.optional(),
       })
       .strict(),
     peer: z
@@ -243,6 +266,7 @@ export function parseConfig(raw: unknown, baseDir: string): NodeConfig {
     keypoold: {
       socket: abs(c.keypoold.socket),
       admin_socket: abs(c.keypoold.admin_socket ?? join(dirname(c.keypoold.socket), 'keypoold-admin.sock')),
+      ...(c.keypoold.metrics ? { metrics: c.keypoold.metrics } : {}),
     },
     api: { ...c.api, tls: mapTls(c.api.tls, abs) },
     peer: { ...c.peer, tls: mapTls(c.peer.tls, abs) },

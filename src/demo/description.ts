@@ -32,6 +32,8 @@ export interface DemoNode {
   admin_socket: string;
   /** This node's KME-to-KME listener (what its peer dials). */
   peer_url: string;
+  /** Each daemon's Prometheus endpoint on its local admin listener (/healthz and /readyz beside it), when configured. */
+  metrics_urls?: Partial<Record<DemoProcess['name'], string>>;
   api_cert: string;
   api_key: string;
   kme_cert: string;
@@ -57,6 +59,8 @@ export interface DemoJson {
   links: DemoLink[];
   /** The simulated QKD link, a process of its own. */
   qkd_sim: DemoSim;
+  /** The field technician's tool against this demo (run from the root); add `--node KME_A` and a command. */
+  kmectl: string[];
 }
 
 export interface DemoSim {

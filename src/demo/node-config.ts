@@ -21,6 +21,8 @@ export interface NodeConfigInput {
   masterKey: Record<string, unknown>;
   apiPort: number;
   peerPort: number;
+  /** Admin listeners (health, readiness, metrics) of keypoold and kme-api; none if absent. */
+  metricsPorts?: [number, number];
   pki: DemoPki;
   link: {
     link_id: string;
@@ -49,12 +51,17 @@ export function buildNodeConfig(c: NodeConfigInput): Record<string, unknown> {
     kme_id: c.kmeId,
     state_dir: 'state',
     registry_file: 'registry.json',
-    keypoold: { socket: rel(c.socket), admin_socket: rel(c.adminSocket) },
+    keypoold: {
+      socket: rel(c.socket),
+      admin_socket: rel(c.adminSocket),
+      ...(c.metricsPorts ? { metrics: { host: DEMO_HOST, port: c.metricsPorts[0] } } : {}),
+    },
     api: {
       host: DEMO_HOST,
       port: c.apiPort,
       tls: { cert: rel(node.api.cert), key: rel(node.api.key), ca: rel(c.pki.ca.cert) },
       identity: { source: 'subject_cn' },
+      ...(c.metricsPorts ? { metrics: { host: DEMO_HOST, port: c.metricsPorts[1] } } : {}),
     },
     peer: {
       host: DEMO_HOST,

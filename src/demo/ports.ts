@@ -1,9 +1,9 @@
 /** Free loopback TCP ports for isolated demo networks (tests, benchmarks). */
 import { createServer, type AddressInfo, type Server } from 'node:net';
-import { DEFAULT_API_PORTS, DEFAULT_PEER_PORTS } from './topology.js';
+import { DEFAULT_API_PORTS, DEFAULT_METRICS_PORTS, DEFAULT_PEER_PORTS } from './topology.js';
 
 /** The demo's own ports: never handed out, so a running `npm start` is left alone. */
-const RESERVED = new Set<number>([...DEFAULT_API_PORTS, ...DEFAULT_PEER_PORTS]);
+const RESERVED = new Set<number>([...DEFAULT_API_PORTS, ...DEFAULT_PEER_PORTS, ...DEFAULT_METRICS_PORTS.flat()]);
 
 /** `n` distinct free loopback ports, all held open at once while choosing. */
 export async function freePorts(n: number): Promise<number[]> {

@@ -22,11 +22,13 @@ import { findSocat } from '../../drivers/sim/devices.js';
 import { ensureDemoPki, type DemoPki } from './pki.js';
 import {
   DEFAULT_API_PORTS,
+  DEFAULT_METRICS_PORTS,
   DEFAULT_PEER_PORTS,
   DEFAULT_RATE_BPS,
   DEMO_NODES,
   linkId,
   type DemoNodeSpec,
+  type MetricsPorts,
 } from './topology.js';
 
 export type { DemoDescription } from './description.js';
@@ -36,6 +38,12 @@ export interface PrepareOptions {
   apiPorts?: [number, number];
   /** KME-to-KME listener ports of KME_A and KME_B (default 8444, 9444). */
   peerPorts?: [number, number];
+  /**
+   * Admin listener (health, readiness, metrics) ports of KME_A and KME_B, [keypoold, kme-api]
+   * each. Default: 8445/8446 and 9445/9446 for the standard demo; none (no admin listeners)
+   * when apiPorts are given without these, so isolated instances never take the fixed ports.
+   */
+  metricsPorts?: MetricsPorts;
   /** Simulated secret key rate, bits per second (default 1 000 000). */
   rateBps?: number;
   /** Demo folder, absolute or relative to root (default var/demo). */
@@ -51,7 +59,8 @@ export async function prepareDemo(root: string, opts: PrepareOptions = {}): Prom
   const apiPorts = opts.apiPorts ?? DEFAULT_API_PORTS;
   const peerPorts = opts.peerPorts ?? DEFAULT_PEER_PORTS;
   const rateBps = opts.rateBps ?? DEFAULT_RATE_BPS;
-  checkPorts([...apiPorts, ...peerPorts]);
+  const metricsPorts = opts.metricsPorts ?? (opts.apiPorts === undefined ? DEFAULT_METRICS_PORTS : undefined);
+  checkPorts([...apiPorts, ...peerPorts, ...(metricsPorts?.flat() ?? [])]);
   if (!(rateBps > 0) || !Number.isFinite(rateBps)) throw new Error(`rateBps must be a positive number, got ${rateBps}`);
 
   const log: FileLog = { written: [], reused: [] };
@@ -102,6 +111,14 @@ export async function prepareDemo(root: string, opts: PrepareOptions = {}): Prom
             `asked ${apiPorts[i]} / ${peerPorts[i]}): delete it to have it written again`,
         );
       }
+      const m = metricsPorts?.[i];
+      if (m && (config.keypoold.metrics?.port !== m[0] || config.api.metrics?.port !== m[1])) {
+        const had = (x?: { port: number }) => (x ? String(x.port) : 'none');
+        notes.push(
+          `${configFiles[i]} kept as it is (metrics ports ${had(config.keypoold.metrics)} / ${had(config.api.metrics)}; ` +
+            `asked ${m[0]} / ${m[1]}): delete it to have it written again`,
+        );
+      }
     } else {
       const fresh = buildNodeConfig({
         kmeId: n.kme_id,
@@ -114,6 +131,7 @@ export async function prepareDemo(root: string, opts: PrepareOptions = {}): Prom
           : { provider: 'file', path: 'master.key' },
         apiPort: apiPorts[i]!,
         peerPort: peerPorts[i]!,
+        metricsPorts: metricsPorts?.[i],
         pki,
         link: {
           link_id: link,
@@ -151,8 +169,8 @@ export async function prepareDemo(root: string, opts: PrepareOptions = {}): Prom
     }
   });
   const show = (p: string) => (isInside(absRoot, p) ? relative(absRoot, p) || '.' : p);
-  const json = describe(configs, configFiles, pki, sim, show, hsm);
   const file = join(dir, 'demo.json');
+  const json = describe(configs, configFiles, pki, sim, show, hsm, file);
   const text = JSON.stringify(json, null, 2) + '\n';
   if (readIfExists(file) !== text) {
     writeFileDurable(file, text);
@@ -165,6 +183,7 @@ export async function prepareDemo(root: string, opts: PrepareOptions = {}): Prom
 
 function describe(
   configs: NodeConfig[], configFiles: string[], pki: DemoPki, sim: DemoSimFiles, show: (p: string) => string, hsm: DemoSoftHsm | undefined,
+  file: string,
 ): DemoJson {
   const nodes: DemoNode[] = configs.map((c, i) => {
     const spec = DEMO_NODES.find((n) => n.kme_id === c.kme_id)!;
@@ -199,6 +218,7 @@ function describe(
       keypoold_socket: show(c.keypoold.socket),
       admin_socket: show(c.keypoold.admin_socket!),
       peer_url: `https://${c.peer.host}:${c.peer.port}`,
+      ...metricsUrls(c),
       api_cert: show(c.api.tls.cert),
       api_key: show(c.api.tls.key),
       kme_cert: show(c.peer.tls.cert),
@@ -233,7 +253,18 @@ function describe(
       control: ['node', 'dist/drivers/sim/control.js', '--socket', show(sim.config.control.path)],
       config: show(sim.file),
     },
+    kmectl: ['node', 'dist/scripts/kmectl.js', '--demo', show(file)],
   };
+}
+
+/** demo.json's metrics_urls of a node, if either daemon has an admin listener. */
+function metricsUrls(c: NodeConfig): Pick<DemoNode, 'metrics_urls'> {
+  const url = (m: { host: string; port: number }) => `http://${m.host.includes(':') ? `[${m.host}]` : m.host}:${m.port}/metrics`;
+  const urls: NonNullable<DemoNode['metrics_urls']> = {
+    ...(c.keypoold.metrics ? { 'kme-keypoold': url(c.keypoold.metrics) } : {}),
+    ...(c.api.metrics ? { 'kme-api': url(c.api.metrics) } : {}),
+  };
+  return Object.keys(urls).length > 0 ? { metrics_urls: urls } : {};
 }
 
 function checkPorts(ports: number[]): void {

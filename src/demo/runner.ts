@@ -99,6 +99,8 @@ async function supervise(desc: DemoDescription, specs: ServiceSpec[], io: RunIo)
     }
     io.out('');
     io.out(`demo network up: ${desc.nodes.map((n) => `${n.kme_id} ${n.etsi_url}`).join(', ')}`);
+    const metrics = desc.nodes.flatMap((n) => Object.entries(n.metrics_urls ?? {}).map(([d, u]) => `${n.kme_id} ${d} ${u}`));
+    if (metrics.length > 0) io.out(`health (/healthz, /readyz) and metrics: ${metrics.join(', ')}`);
     io.out(`try it (from ${desc.root}):`);
     for (const l of curlExamples(desc)) io.out(`  ${l}`);
     io.out(`  ${faultExample(desc)}`);

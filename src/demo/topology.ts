@@ -11,6 +11,9 @@ export const DEMO_NODES: readonly DemoNodeSpec[] = [
 
 export const DEFAULT_API_PORTS: [number, number] = [8443, 9443];
 export const DEFAULT_PEER_PORTS: [number, number] = [8444, 9444];
+/** Admin (health, readiness, metrics) listeners of KME_A and KME_B: [keypoold, kme-api] each. */
+export const DEFAULT_METRICS_PORTS: MetricsPorts = [[8445, 8446], [9445, 9446]];
+export type MetricsPorts = [[number, number], [number, number]];
 export const DEFAULT_RATE_BPS = 1_000_000;
 export const DEMO_HOST = '127.0.0.1';
 /** Names the loopback server certificates answer to. */

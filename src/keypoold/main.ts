@@ -32,6 +32,7 @@ import { DataKeyRing } from './data-key.js';
 import { Rekeyer } from './rekey.js';
 import { dispatchPoolOp } from './local-api.js';
 import { linkDiagnostics } from './diagnostics.js';
+import { startKeypooldAdmin } from './metrics.js';
 
 const MAINTAIN_MS = 1000;
 const SWEEP_MS = 1000;
@@ -235,6 +236,16 @@ async function start(
   cleanups.push(() => ipc.close());
   const adminIpc = await serveNdjson({ path: cfg.keypoold.admin_socket!, handler: handler(true), logger });
   cleanups.push(() => adminIpc.close());
+  if (cfg.keypoold.metrics) {
+    const admin = await startKeypooldAdmin(cfg.keypoold.metrics, logger, {
+      kmeId: cfg.kme_id, defaultKeySize: cfg.limits.default_key_size, health: () => service.health(), diag,
+      masterKey: { provider: masterKey.kind, ok: () => hsm.problem === undefined },
+      dataKey: () => ({ generation: sealer.current, reencrypting: rekeyer.running }),
+      auditSeq: () => auditLog.durableHead.seq, kmeCertPem: peerTls.cert,
+      checkStore: () => void store.db.pragma('schema_version'), stopping: () => signal.aborted,
+    });
+    cleanups.push(() => admin.close());
+  }
   audit.record({ event: 'started', detail: { provider: masterKey.kind, generation: sealer.current } });
   logger.info(
     { kme_id: cfg.kme_id, socket: cfg.keypoold.socket, admin_socket: cfg.keypoold.admin_socket, peer_port: cfg.peer.port, links: cfg.links.length, master_key: masterKey.kind },

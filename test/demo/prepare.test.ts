@@ -49,6 +49,10 @@ describe('prepareDemo, first run', () => {
         etsi_url: `https://127.0.0.1:${i === 0 ? 8443 : 9443}`,
         config: `var/demo/${id}/config.json`,
         peer_url: `https://127.0.0.1:${i === 0 ? 8444 : 9444}`,
+        metrics_urls: {
+          'kme-keypoold': `http://127.0.0.1:${i === 0 ? 8445 : 9445}/metrics`,
+          'kme-api': `http://127.0.0.1:${i === 0 ? 8446 : 9446}/metrics`,
+        },
       });
       expect(n.processes.map((p: { name: string; argv: string[] }) => [p.name, p.argv])).toEqual([
         ['kme-keypoold', [...hsmEnv(at('var/demo')), 'node', 'dist/src/keypoold/main.js', '--config', `var/demo/${id}/config.json`]],
@@ -70,6 +74,8 @@ describe('prepareDemo, first run', () => {
       control: ['node', 'dist/drivers/sim/control.js', '--socket', 'var/demo/qkd-sim/control.sock'],
       config: 'var/demo/qkd-sim/sim.json',
     });
+    // kmectl against this demo, from the root (a node is picked with --node).
+    expect(onDisk.kmectl).toEqual(['node', 'dist/scripts/kmectl.js', '--demo', 'var/demo/demo.json']);
     // The link as sim.json has it, and each KME's end of its module.
     const sim = loadSimConfig(at('var/demo/qkd-sim/sim.json'));
     expect(onDisk.links).toEqual([
@@ -120,6 +126,10 @@ describe('prepareDemo, first run', () => {
     expect(a!.peer.tls.cert).toBe(at('var/demo/pki/KME_A.kme.crt'));
     expect(b!.api.port).toBe(9443);
     expect(b!.peer.port).toBe(9444);
+    // Each daemon's admin listener (health, readiness, metrics), on loopback.
+    expect([a!.keypoold.metrics, a!.api.metrics, b!.keypoold.metrics, b!.api.metrics]).toEqual(
+      [8445, 8446, 9445, 9446].map((port) => ({ host: '127.0.0.1', port })),
+    );
     expect(a!.limits).toEqual({
       default_key_size: 256,
       min_key_size: 64,
@@ -304,6 +314,8 @@ describe('prepareDemo, isolated instances', () => {
     });
     expect(demo.ca_cert).toBe(join(dir, 'pki/ca.crt'));
     expect(demo.nodes.map((n) => n.etsi_url)).toEqual(['https://127.0.0.1:18443', 'https://127.0.0.1:19443']);
+    // Own ports and no metricsPorts: no admin listeners (the demo's fixed ones are left alone).
+    expect(demo.nodes.map((n) => n.metrics_urls)).toEqual([undefined, undefined]);
     expect(demo.nodes[0]!.processes[0]!.argv).toEqual([
       ...hsmEnv(dir),
       'node',
@@ -331,6 +343,7 @@ describe('prepareDemo, isolated instances', () => {
       control: ['node', 'dist/drivers/sim/control.js', '--socket', join(dir, 'qkd-sim/control.sock')],
       config: join(dir, 'qkd-sim/sim.json'),
     });
+    expect(demo.kmectl).toEqual(['node', 'dist/scripts/kmectl.js', '--demo', join(dir, 'demo.json')]);
     expect(existsSync(join(root, 'var'))).toBe(false);
 
     // Asking for other ports or another rate later keeps the existing configs and sim.json, and says so.
@@ -340,6 +353,21 @@ describe('prepareDemo, isolated instances', () => {
     expect(again.links[0]!.rate_bps).toBe(5000);
     expect(again.notes.join('\n')).toMatch(/KME_A\/config\.json kept as it is/);
     expect(again.notes.join('\n')).toMatch(/sim\.json kept as it is \(rate 5000 bit\/s; asked 1000000\)/);
+    expect(again.notes.join('\n')).toMatch(/KME_A\/config\.json kept as it is \(metrics ports none \/ none; asked 8445 \/ 8446\)/);
+  });
+
+  it('writes the admin listeners asked for into the configs and demo.json', async () => {
+    const root = tmpRoot();
+    const demo = await prepareDemo(root, { apiPorts: [18443, 19443], peerPorts: [18444, 19444], metricsPorts: [[18445, 18446], [19445, 19446]] });
+    expect(demo.nodes.map((n) => n.metrics_urls)).toEqual([
+      { 'kme-keypoold': 'http://127.0.0.1:18445/metrics', 'kme-api': 'http://127.0.0.1:18446/metrics' },
+      { 'kme-keypoold': 'http://127.0.0.1:19445/metrics', 'kme-api': 'http://127.0.0.1:19446/metrics' },
+    ]);
+    const b = loadConfig(join(root, 'var/demo/KME_B/config.json'));
+    expect([b.keypoold.metrics, b.api.metrics]).toEqual([{ host: '127.0.0.1', port: 19445 }, { host: '127.0.0.1', port: 19446 }]);
+    await expect(prepareDemo(tmpRoot(), { apiPorts: [18443, 19443], peerPorts: [18444, 19444], metricsPorts: [[18445, 18443], [19445, 19446]] })).rejects.toThrow(
+      /ports must all differ/,
+    );
   });
 
   it('takes the schedule of an older demo whose nodes ran the simulator in-process, and says their configs are stale', async () => {

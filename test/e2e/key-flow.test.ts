@@ -4,7 +4,7 @@
  * fail-closed behaviour when the peer is down, and no key bytes at rest or
  * in logs.
  */
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { NdjsonPoolClient } from '../../src/ipc/ndjson-client.js';
@@ -185,11 +185,37 @@ describe('two-node demo network', () => {
     walk(demoNet().dir);
     const blobs = files.map((f) => readFileSync(f));
     const logs = [...demoNet().procs.values()].flatMap((p) => [...p.output('stdout'), ...p.output('stderr')]).join('\n');
+    // Every line both daemons of both nodes wrote, across all their restarts in this file.
+    const daemonLines = ['KME_A', 'KME_B'].flatMap((id) =>
+      (['kme-keypoold', 'kme-api'] as const).flatMap((d) => demoNet().history(id, d).filter((l) => !l.startsWith('#### start'))),
+    );
+    expect(daemonLines.length).toBeGreaterThan(20);
+    // Structured logs for journald: one JSON object per line, with a numeric level, a time and a message.
+    for (const line of daemonLines) {
+      let o: { level?: unknown; time?: unknown; msg?: unknown };
+      try {
+        o = JSON.parse(line) as typeof o;
+      } catch {
+        throw new Error(`not a JSON log line: ${line}`);
+      }
+      expect([typeof o.level, typeof o.time, typeof o.msg], line).toEqual(['number', 'number', 'string']);
+    }
+    const allLogs = `${logs}\n${daemonLines.join('\n')}`;
     expect(seen.length).toBeGreaterThan(50);
     for (const b64 of seen) {
       const raw = Buffer.from(b64, 'base64');
       for (const blob of blobs) expect(blob.includes(raw)).toBe(false);
-      expect(logs.includes(b64)).toBe(false);
+      expect(allLogs.includes(b64)).toBe(false);
+      const hex = raw.toString('hex');
+      expect(allLogs.includes(hex) || allLogs.includes(hex.toUpperCase())).toBe(false);
+    }
+    // Nor the HSM PIN (when the demo keeps its master keys on SoftHSM2 tokens).
+    for (const id of ['KME_A', 'KME_B']) {
+      const pinFile = join(demoNet().path(demoNet().node(id).config), '..', 'hsm.pin');
+      if (!existsSync(pinFile)) continue;
+      const pin = readFileSync(pinFile, 'utf8').trim();
+      expect(pin.length).toBeGreaterThan(3);
+      expect(allLogs.includes(pin)).toBe(false);
     }
   });
 });

@@ -12,6 +12,7 @@ import { isAbsolute, join, resolve } from 'node:path';
 import { prepareDemo, type DemoDescription } from '../../src/demo/prepare.js';
 import { startProcess, type ManagedProcess } from '../../src/demo/processes.js';
 import { freePorts } from '../../src/demo/ports.js';
+import type { MetricsPorts } from '../../src/demo/topology.js';
 
 export const repoRoot = resolve(import.meta.dirname, '../..');
 
@@ -234,6 +235,8 @@ export class DemoNet {
 
 export interface StartOptions {
   rateBps?: number;
+  /** Admin listener ports ([keypoold, kme-api] per node); default: free ones; false: none. */
+  metricsPorts?: MetricsPorts | false;
   /** Edit each node's config.json before the first start. */
   patchConfig?: (cfg: any, kmeId: string) => void;
   /** Edit the simulator's sim.json before the first start. */
@@ -243,8 +246,9 @@ export interface StartOptions {
 
 export async function startDemoNet(opts: StartOptions = {}): Promise<DemoNet> {
   const dir = mkdtempSync(join(tmpdir(), 'kme-e2e-'));
-  const [a1, a2, p1, p2] = await freePorts(4);
-  const demo = await prepareDemo(repoRoot, { dir, apiPorts: [a1!, a2!], peerPorts: [p1!, p2!], rateBps: opts.rateBps ?? 4_000_000 });
+  const [a1, a2, p1, p2, m1, m2, m3, m4] = await freePorts(8);
+  const metricsPorts = opts.metricsPorts === false ? undefined : (opts.metricsPorts ?? [[m1!, m2!], [m3!, m4!]]);
+  const demo = await prepareDemo(repoRoot, { dir, apiPorts: [a1!, a2!], peerPorts: [p1!, p2!], metricsPorts, rateBps: opts.rateBps ?? 4_000_000 });
   const net = new DemoNet(demo, dir);
   for (const n of demo.nodes) {
     const f = net.path(n.config);
