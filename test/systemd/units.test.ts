@@ -150,11 +150,11 @@ describe('systemd units', () => {
     // The PIN credential the configuration names is the one the unit loads.
     expect(one(d, 'Service.LoadCredential')).toBe(`${cfg.master_key.pin_credential}:/etc/kme/hsm.pin`);
     // The API socket in /run/kme (group kme may enter), the admin socket in a folder closed to the group.
-    expect(one(d, 'Service.RuntimeDirectory')).toBe('kme kme/admin');
+    expect(one(d, 'Service.RuntimeDirectory')).toBe('kme');
     expect(one(d, 'Service.RuntimeDirectoryMode')).toBe('0750');
     expect(cfg.keypoold.socket).toBe('/run/kme/keypoold.socket');
     expect(cfg.keypoold.admin_socket).toBe('/run/kme/admin/keypoold-admin.sock');
-    expect(one(d, 'Service.ExecStartPre')).toBe('/bin/chmod 0700 /run/kme/admin');
+    expect(one(d, 'Service.ExecStartPre')).toBe('/usr/bin/install -d -m 0700 /run/kme/admin');
     expect(one(d, 'Service.DevicePolicy')).toBe('closed');
     expect(d.get('Service.DeviceAllow')).toContain('/dev/qkd0 rw');
     expect(cfg.links[0].qkd.path).toBe('/dev/qkd0');
