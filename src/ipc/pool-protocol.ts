@@ -73,6 +73,31 @@ export interface PoolOps {
   rotate: { args: { what: 'master' | 'data' }; result: RotationStatus };
   /** How the last rotation stands. */
   rotation_status: { args: Record<string, never>; result: RotationStatus };
+  /** Read the SAE registry file again (kmectl sae add/remove); an invalid file is refused and the registry in use kept. */
+  reload: { args: Record<string, never>; result: { saes: number } };
+  /** A key round trip through both KMEs of a link (or of each link), never delivered: see src/keypoold/selftest.ts. */
+  selftest: { args: { link?: string }; result: SelftestResult };
+}
+
+export interface SelftestLinkResult {
+  link_id: string;
+  peer_kme_id: string;
+  ok: boolean;
+  /** Why it failed. */
+  reason?: string;
+  /** Bits of the test key. */
+  key_size: number;
+  /** The test reservation (voided on both sides), when one was made. */
+  rid?: string;
+  /** Milliseconds: carving the test key here, the peer's answer, and the whole test. */
+  carve_ms?: number;
+  peer_ms?: number;
+  elapsed_ms: number;
+}
+
+export interface SelftestResult {
+  kme_id: string;
+  links: SelftestLinkResult[];
 }
 
 export interface DiagResult {

@@ -6,7 +6,9 @@
 import { badRequest } from '../common/errors.js';
 import type { DecKeysArgs, DiagResult, EncKeysArgs, StatusArgs } from '../ipc/pool-protocol.js';
 import type { KeyService } from './key-service.js';
+import { RegistryError, type Registry } from './registry.js';
 import type { Rotation } from './rotation.js';
+import type { LinkSelftest } from './selftest.js';
 
 const isStr = (v: unknown): v is string => typeof v === 'string' && v.length > 0;
 const isStrArray = (v: unknown): v is string[] => Array.isArray(v) && v.every(isStr);
@@ -15,6 +17,8 @@ export interface LocalApiDeps {
   service: KeyService;
   diag: () => Promise<DiagResult>;
   rotation: Rotation;
+  registry: Pick<Registry, 'reload'>;
+  selftest: Pick<LinkSelftest, 'run'>;
 }
 
 /** What kme-api may ask; everything else is for the maintenance tools' socket only. */
@@ -24,7 +28,9 @@ const API_OPS = new Set(['status', 'enc_keys', 'dec_keys', 'whoami', 'health']);
  * `admin`: the call came over the maintenance socket (every op); otherwise
  * over kme-api's socket (the SAE-facing ops and health only).
  */
-export async function dispatchPoolOp({ service, diag, rotation }: LocalApiDeps, op: string, raw: unknown, admin = false): Promise<unknown> {
+export async function dispatchPoolOp(
+  { service, diag, rotation, registry, selftest }: LocalApiDeps, op: string, raw: unknown, admin = false,
+): Promise<unknown> {
   const a = (raw ?? {}) as Record<string, unknown>;
   if (!admin && !API_OPS.has(op)) throw badRequest(`operation ${op} is only served on keypoold's maintenance socket`);
   switch (op) {
@@ -51,6 +57,16 @@ export async function dispatchPoolOp({ service, diag, rotation }: LocalApiDeps, 
       return rotation.rotate(a.what);
     case 'rotation_status':
       return rotation.status();
+    case 'reload':
+      try {
+        return await registry.reload();
+      } catch (e) {
+        if (e instanceof RegistryError) throw badRequest(`${e.message}; the registry in use is kept`);
+        throw e;
+      }
+    case 'selftest':
+      if (a.link !== undefined && !isStr(a.link)) throw badRequest('selftest takes an optional link (a link id)');
+      return selftest.run(a.link);
     default:
       throw badRequest(`unknown operation ${op}`);
   }

@@ -33,6 +33,7 @@ import { Rekeyer } from './rekey.js';
 import { dispatchPoolOp } from './local-api.js';
 import { linkDiagnostics } from './diagnostics.js';
 import { startKeypooldAdmin } from './metrics.js';
+import { LinkSelftest, type SelftestLink } from './selftest.js';
 
 const MAINTAIN_MS = 1000;
 const SWEEP_MS = 1000;
@@ -157,6 +158,7 @@ async function start(
   const links = new Map<string, { sync: LinkSync; pool: LinkPool }>();
   const byLinkId = new Map<string, LinkSync>();
   const drivers = new Map<string, QkdModuleDriver>();
+  const selftestLinks = new Map<string, SelftestLink>();
   for (const l of cfg.links) {
     const pool = new LinkPool(
       { linkId: l.link_id, myKmeId: cfg.kme_id, peerKmeId: l.peer_kme_id, capacityBits: 2 * cfg.limits.max_key_count * cfg.limits.default_key_size },
@@ -171,6 +173,7 @@ async function start(
     });
     links.set(l.peer_kme_id, { sync, pool });
     byLinkId.set(l.link_id, sync);
+    selftestLinks.set(l.link_id, { sync, pool, client });
     const driver = createModuleDriver(l, cfg.kme_id, clock, logger);
     drivers.set(l.link_id, driver);
     // Resolves once the discard is durable; only then does the driver acknowledge the alarm.
@@ -194,7 +197,12 @@ async function start(
   });
   const diag = () => linkDiagnostics(cfg.kme_id, [...links.values()].map((l) => ({ ...l, driver: drivers.get(l.sync.linkId)! })));
 
-  const peerServer = await startPeerServer({ host: cfg.peer.host, port: cfg.peer.port, tls: peerTls, links: byLinkId, logger });
+  const selftest = new LinkSelftest({
+    kmeId: cfg.kme_id, keyBits: cfg.limits.default_key_size, ttlMs, links: selftestLinks, store, batcher, sealer, clock, logger, audit, stopReason,
+  });
+  const peerServer = await startPeerServer({
+    host: cfg.peer.host, port: cfg.peer.port, tls: peerTls, links: byLinkId, logger, onSelftest: (link, args) => selftest.onPeer(link, args),
+  });
   cleanups.push(() => peerServer.close());
 
   const every = (ms: number, fn: () => Promise<unknown>) => {
@@ -231,7 +239,7 @@ async function start(
     store.db.pragma('wal_checkpoint(TRUNCATE)');
   });
 
-  const handler = (admin: boolean) => (op: string, args: unknown) => dispatchPoolOp({ service, diag, rotation }, op, args, admin);
+  const handler = (admin: boolean) => (op: string, args: unknown) => dispatchPoolOp({ service, diag, rotation, registry, selftest }, op, args, admin);
   const ipc = await serveNdjson({ path: cfg.keypoold.socket, handler: handler(false), logger });
   cleanups.push(() => ipc.close());
   const adminIpc = await serveNdjson({ path: cfg.keypoold.admin_socket!, handler: handler(true), logger });

@@ -16,6 +16,9 @@
  *   query         {link, rids}                  -> QueryResponse
  *   alarm         {link, first, last, reason}   -> {blocks, voided}: the sender's module
  *                 named blocks [first, last] compromised; discard them here too
+ *   selftest      {link, ...SelftestRequest}    -> SelftestResponse: the link self-test
+ *                 (selftest.ts): one key's slices and a nonce; the peer answers an HMAC
+ *                 keyed with that key, erases it and voids the reservation
  */
 import type { Slice } from './store.js';
 
@@ -66,6 +69,20 @@ export interface QueryResponse {
   states: Record<string, PeerRidState>;
 }
 
-export type PeerOp = 'hello' | 'reservations' | 'void' | 'query' | 'alarm';
+/** The link self-test: one test key, named by its slices (never its material). */
+export interface SelftestRequest {
+  from: string;
+  rid: string;
+  key_id: string;
+  slices: Slice[];
+  size: number;
+  /** 32 random bytes, hex. */
+  nonce: string;
+}
+
+/** `mac`: hex HMAC-SHA256 keyed with the test key (see selftest.ts). */
+export type SelftestResponse = { state: 'ok'; mac: string } | { state: 'refused'; reason: string; mac?: undefined };
+
+export type PeerOp = 'hello' | 'reservations' | 'void' | 'query' | 'alarm' | 'selftest';
 
 export const MAX_PEER_LINE_BYTES = 8 * 1024 * 1024;

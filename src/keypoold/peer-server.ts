@@ -19,6 +19,8 @@ export interface PeerServerOptions {
   /** Link syncs by link id. */
   links: Map<string, LinkSync>;
   logger: Logger;
+  /** The peer side of the link self-test (selftest.ts), by link id. */
+  onSelftest?: (linkId: string, args: Record<string, unknown>) => Promise<unknown>;
 }
 
 export interface PeerServer {
@@ -44,7 +46,7 @@ export function startPeerServer(opts: PeerServerOptions): Promise<PeerServer> {
         sock.end(JSON.stringify({ id: 0, ok: false, error: { code: 'UNAUTHORIZED', message: 'certificate is not a peer KME' } }) + '\n');
         return;
       }
-      serveConnection(sock, (op, args) => dispatch(links, cn, op, args), logger, MAX_PEER_LINE_BYTES);
+      serveConnection(sock, (op, args) => dispatch(links, cn, op, args, opts.onSelftest), logger, MAX_PEER_LINE_BYTES);
     },
   );
   server.on('tlsClientError', (err) => logger.debug({ err: err.message }, 'KME-to-KME handshake refused'));
@@ -65,7 +67,9 @@ export function startPeerServer(opts: PeerServerOptions): Promise<PeerServer> {
   });
 }
 
-async function dispatch(links: Map<string, LinkSync>, cn: string, op: string, raw: unknown): Promise<unknown> {
+async function dispatch(
+  links: Map<string, LinkSync>, cn: string, op: string, raw: unknown, onSelftest?: PeerServerOptions['onSelftest'],
+): Promise<unknown> {
   const args = (raw ?? {}) as Record<string, unknown>;
   const link = typeof args.link === 'string' ? links.get(args.link) : undefined;
   if (!link) throw new KmeError('BAD_REQUEST', 'unknown link');
@@ -84,6 +88,9 @@ async function dispatch(links: Map<string, LinkSync>, cn: string, op: string, ra
     case 'alarm':
       if (typeof args.first !== 'number' || typeof args.last !== 'number') throw new KmeError('BAD_REQUEST', 'alarm needs numbers first and last');
       return link.applyAlarm(args.first, args.last, String(args.reason ?? 'peer alarm'), 'peer');
+    case 'selftest':
+      if (!onSelftest) throw new KmeError('BAD_REQUEST', `unknown operation ${op}`);
+      return onSelftest(link.linkId, args);
     default:
       throw new KmeError('BAD_REQUEST', `unknown operation ${op}`);
   }
