@@ -10,8 +10,9 @@
  * lines exactly as stored (JSON Lines, re-hashable).
  * Exit status: 0 intact, 1 broken (the message says where and what), 2 usage or IO error.
  */
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, realpathSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import Database from 'better-sqlite3';
 import { AUDIT_EVENT_KINDS, type AuditLine } from '../src/common/audit-chain.js';
@@ -25,7 +26,7 @@ const USAGE = `usage:
 
 class UsageError extends Error {}
 
-type Anchor = { seq: number; hash: string };
+export type Anchor = { seq: number; hash: string };
 
 const out = (s: string) => process.stdout.write(s + '\n');
 const err = (s: string) => process.stderr.write(s + '\n');
@@ -48,7 +49,7 @@ function parseTime(opt: string, s: string | undefined): number | undefined {
  * (Reading a WAL database read-only may leave SQLite's -wal/-shm side files; SQLite gives
  * them the store's owner when run as root, so keypoold can still open them.)
  */
-function storeAnchor(stateDir: string): { anchor?: Anchor; note: string } {
+export function storeAnchor(stateDir: string): { anchor?: Anchor; note: string } {
   const file = join(stateDir, 'keystore.sqlite');
   if (!existsSync(file)) return { note: `no key store at ${file}: verified without an anchor` };
   let db: Database.Database;
@@ -83,7 +84,7 @@ function storeAnchor(stateDir: string): { anchor?: Anchor; note: string } {
   }
 }
 
-function describeBreak(r: VerifyResult, dir: string): string {
+export function describeBreak(r: VerifyResult, dir: string): string {
   const b = r.break!;
   return `AUDIT TRAIL BROKEN at ${join(dir, b.file)} line ${b.line} (seq ${b.seq}): ${b.problem}: ${b.message}`;
 }
@@ -93,7 +94,8 @@ function saes(l: AuditLine): string {
   return l.sae ?? '';
 }
 
-function table(rows: AuditLine[]): string[] {
+/** Audit lines as an aligned table (header first). */
+export function auditTable(rows: AuditLine[]): string[] {
   const head = ['SEQ', 'TIME', 'EVENT', 'LINK', 'SAES', 'KEYS', 'REASON'];
   const cells = rows.map((l) => [
     String(l.seq), l.ts, l.event, l.link ?? '', saes(l),
@@ -179,7 +181,7 @@ async function main(argv: string[]): Promise<number> {
 
   if (values.json) for (const p of picked) out(p.raw);
   else if (picked.length === 0) out('(no lines in range)');
-  else for (const s of table(picked.map((p) => p.line))) out(s);
+  else for (const s of auditTable(picked.map((p) => p.line))) out(s);
   if (!r.ok) {
     err(describeBreak(r, dir));
     err(r.break!.problem === 'truncated' || r.break!.problem === 'rewritten' ? 'the lines above chain, but do not match the anchor' : 'only the lines before the break are shown');
@@ -188,14 +190,18 @@ async function main(argv: string[]): Promise<number> {
   return 0;
 }
 
-main(process.argv.slice(2)).then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (e: unknown) => {
-    const usage = e instanceof UsageError || (e as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS');
-    err(`kme-audit: ${(e as Error).message}`);
-    if (usage) err(USAGE);
-    process.exitCode = 2;
-  },
-);
+// Run only as a command (kmectl imports the functions above).
+const invoked = process.argv[1];
+if (invoked && import.meta.url === pathToFileURL(realpathSync(invoked)).href) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (e: unknown) => {
+      const usage = e instanceof UsageError || (e as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS');
+      err(`kme-audit: ${(e as Error).message}`);
+      if (usage) err(USAGE);
+      process.exitCode = 2;
+    },
+  );
+}
