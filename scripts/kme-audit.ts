@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import Database from 'better-sqlite3';
-import { AUDIT_EVENT_KINDS, type AuditLine } from '../src/common/audit-chain.js';
+import { AUDIT_ANCHOR, AUDIT_EVENT_KINDS, type AuditLine } from '../src/common/audit-chain.js';
 import { verifyAuditLog, type VerifyResult } from '../src/common/audit-verify.js';
 import { loadConfig } from '../src/common/config.js';
 
@@ -61,7 +61,7 @@ export function storeAnchor(stateDir: string): { anchor?: Anchor; note: string }
   try {
     let row: { v: Buffer | string } | undefined;
     try {
-      row = db.prepare<[string], { v: Buffer | string }>('SELECT v FROM meta WHERE k = ?').get('audit_anchor');
+      row = db.prepare<[string], { v: Buffer | string }>('SELECT v FROM meta WHERE k = ?').get(AUDIT_ANCHOR);
     } catch (e) {
       if (/no such table/.test((e as Error).message)) return { note: `the key store ${file} has no meta table: verified without an anchor` };
       throw e;

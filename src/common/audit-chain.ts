@@ -41,6 +41,9 @@ import { isCanonicalUuid, isValidEntityId } from './ids.js';
 
 export const GENESIS = '0'.repeat(64);
 
+/** Key-store meta row where keypoold notes the trail's last durable line ({seq, hash} as JSON): the verifier's anchor. */
+export const AUDIT_ANCHOR = 'audit_anchor';
+
 export const AUDIT_EVENT_KINDS = [
   'reserved', 'delivered', 'fetched', 'expired', 'voided', 'refused',
   'erased', 'alarm', 'rotation', 'low_watermark', 'started', 'stopped',

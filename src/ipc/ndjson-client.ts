@@ -39,6 +39,11 @@ export interface NdjsonClientOptions {
   maxLineBytes?: number;
   /** Told when the channel comes up (true) or a working channel is lost (false). */
   onConnectionChange?: (up: boolean) => void;
+  /**
+   * A request made while waiting to reconnect tries to connect at once (and waits for that
+   * attempt) instead of failing: for a local socket, where an attempt costs nothing.
+   */
+  reconnectOnRequest?: boolean;
 }
 
 export interface NdjsonPoolClientOptions {
@@ -92,6 +97,11 @@ export class NdjsonClient {
    * than with the others of this tick (for a caller about to block, e.g. on fsync).
    */
   request(op: string, args: unknown, now = false): Promise<unknown> {
+    if (this.state === 'backoff' && this.opts.reconnectOnRequest) {
+      if (this.timer) clearTimeout(this.timer);
+      this.timer = null;
+      this.open();
+    }
     if (this.state === 'idle') this.open();
     if (this.state !== 'connected' && this.state !== 'connecting') return Promise.reject(this.opts.unavailable());
     const sock = this.sock!;
@@ -220,6 +230,8 @@ export class NdjsonPoolClient implements PoolClient {
       logger: opts.logger,
       timeoutMs: opts.timeoutMs,
       backoff: opts.backoff,
+      // keypoold restarted: the first request after it is back reconnects at once.
+      reconnectOnRequest: true,
     });
   }
 

@@ -13,9 +13,10 @@ import { createSdNotifier, startWatchdog } from '../common/sd-notify.js';
 import { systemClock, type QkdModuleDriver } from '../../drivers/types.js';
 import { createModuleDriver } from './module-driver.js';
 import { serveNdjson } from '../ipc/ndjson-server.js';
-import { MasterKeyError, masterKeyExitCode, openMasterKeyProvider, type MasterKeyProvider } from './master-key.js';
-import { AuditLog, AuditLogError } from './audit-log.js';
-import { Audit } from './audit-sink.js';
+import { MasterKeyError, masterKeyExitCode, openMasterKeyProvider } from './master-key.js';
+import { AuditLogError } from './audit-log.js';
+import { AuditTrail } from './audit-trail.js';
+import { MasterKeyWatch } from './master-key-watch.js';
 import { LowWatermark } from './low-watermark.js';
 import { PairQuota } from './pair-quota.js';
 import { Rotation } from './rotation.js';
@@ -40,8 +41,6 @@ const SWEEP_MS = 1000;
 const CHECKPOINT_MS = 60_000;
 const AUDIT_FLUSH_MS = 1000;
 const HSM_CHECK_MS = 2000;
-/** Meta row: the audit trail's last durable line when last noted ({seq, hash}). */
-const AUDIT_ANCHOR = 'audit_anchor';
 
 async function main(): Promise<void> {
   let cfg: NodeConfig;
@@ -107,16 +106,8 @@ async function start(
   cleanups.push(() => store.close());
   const masterKey = await openMasterKeyProvider(cfg.master_key, logger);
   cleanups.push(() => masterKey.close());
-  // Each line also goes into the store's outbox, in the transaction of the event it records, so
-  // a crash after a commit and before the trail's write loses no line: they are put back here.
-  const auditLog = AuditLog.open(cfg.audit.dir!, {
-    segmentBytes: cfg.audit.segment_bytes, clock, logger,
-    onLine: (seq, line) => void store.s.outboxPut.run(seq, line),
-    pending: store.s.outboxAll.all().map((r) => r.line),
-  });
-  await auditLog.flush();
-  store.s.outboxTrim.run(auditLog.durableHead.seq);
-  const audit = new Audit(auditLog, logger);
+  const trail = await AuditTrail.open({ dir: cfg.audit.dir!, segmentBytes: cfg.audit.segment_bytes, store, clock, logger });
+  const { audit, log: auditLog } = trail;
   const batcher = new TxBatcher(
     store.db,
     logger,
@@ -130,7 +121,7 @@ async function start(
   cleanups.push(async () => {
     audit.record({ event: 'stopped' });
     await batcher.drain();
-    await anchorAudit(store, batcher, auditLog);
+    await trail.anchor(batcher);
     batcher.close();
     await auditLog.close();
   });
@@ -147,7 +138,8 @@ async function start(
     ring, rekeyer, master: masterKey,
     onRotated: (what, detail) => audit.record({ event: 'rotation', reason: `new ${what} key`, detail }),
   });
-  const hsm = watchMasterKey(masterKey, logger, audit, cleanups);
+  const hsm = new MasterKeyWatch(masterKey, logger, audit, HSM_CHECK_MS);
+  cleanups.push(() => hsm.stop());
   const stopReason = () => (hsm.problem === undefined ? undefined : 'its master key (HSM) is unavailable');
   const stopDetail = () => hsm.problem;
 
@@ -221,21 +213,16 @@ async function start(
   every(SWEEP_MS, () => service.sweep());
   every(MAINTAIN_MS, async () => service.watchLevels());
   // Events recorded outside a store commit (refusals, alarms) reach the disk within a second.
-  every(AUDIT_FLUSH_MS, async () => {
-    try {
-      await auditLog.flush();
-    } catch (e) {
+  every(AUDIT_FLUSH_MS, () =>
+    trail.flush(batcher).catch((e) => {
       logger.fatal({ err: (e as Error).message }, 'the audit trail could not be written; stopping');
-      return fatal();
-    }
-    // Lines the trail holds durably leave the outbox.
-    const { seq } = auditLog.durableHead;
-    await batcher.runVolatile(() => store.s.outboxTrim.run(seq));
-  });
+      fatal();
+    }),
+  );
   // Fold the WAL back into the store and truncate it, so copies of erased records do not linger
   // there; and note where the audit trail stood, so a cut-off trail is detected.
   every(CHECKPOINT_MS, async () => {
-    await anchorAudit(store, batcher, auditLog);
+    await trail.anchor(batcher);
     store.db.pragma('wal_checkpoint(TRUNCATE)');
   });
 
@@ -276,44 +263,6 @@ async function start(
     watchdog.stop();
     notifier.stopping('stopping');
   });
-}
-
-/** Record in the store the audit trail's last durable line (the verifier checks the trail reaches it). */
-async function anchorAudit(store: Store, batcher: TxBatcher, auditLog: AuditLog): Promise<void> {
-  await auditLog.flush();
-  const head = auditLog.durableHead;
-  if (head.seq > 0) await batcher.run(() => store.putMeta(AUDIT_ANCHOR, Buffer.from(JSON.stringify(head))));
-}
-
-/**
- * Ask the master key provider how it is, every few seconds. While it fails
- * (the token was pulled, the HSM went away) the node serves no keys and
- * says why; it serves again once the provider answers.
- */
-function watchMasterKey(
-  provider: MasterKeyProvider, logger: Logger, audit: Audit, cleanups: Array<() => Promise<void> | void>,
-): { readonly problem: string | undefined } {
-  const state: { problem: string | undefined } = { problem: undefined };
-  let running = false;
-  const t = setInterval(() => {
-    if (running) return;
-    running = true;
-    provider
-      .health()
-      .catch((e: unknown) => ({ ok: false as const, reason: (e as Error).message }))
-      .then((h) => {
-        const problem = h.ok ? undefined : `master key unavailable (${h.reason})`;
-        if (problem !== state.problem) {
-          if (problem) logger.error({ provider: provider.kind, reason: problem }, 'master key unavailable: not serving keys');
-          else logger.info({ provider: provider.kind }, 'master key available again: serving keys');
-          audit.record({ event: 'alarm', reason: (problem ?? 'master key available again').slice(0, 200), detail: { source: 'master_key' } });
-        }
-        state.problem = problem;
-      })
-      .finally(() => (running = false));
-  }, HSM_CHECK_MS);
-  cleanups.push(() => clearInterval(t));
-  return state;
 }
 
 main().catch((e) => {

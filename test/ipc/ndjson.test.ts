@@ -142,6 +142,20 @@ describe('ndjson IPC', () => {
     await expect(c.call('health', {})).resolves.toBe('two');
   });
 
+  it('a call made while waiting to reconnect tries at once: the first call after a restart succeeds', async () => {
+    const s1 = await start(async () => 'one');
+    // Long backoff: only the call itself can reconnect this quickly.
+    const c = new NdjsonPoolClient({ path, logger, backoff: { initialMs: 60_000, maxMs: 60_000 } });
+    clients.push(c);
+    await expect(c.call('health', {})).resolves.toBe('one');
+    await s1.close();
+    servers.splice(servers.indexOf(s1), 1);
+    await expect(c.call('health', {})).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+    await expect(c.call('health', {})).rejects.toMatchObject({ code: 'UNAVAILABLE' }); // still down: fails fast
+    await start(async () => 'two');
+    await expect(c.call('health', {})).resolves.toBe('two');
+  });
+
   it('rejects pending calls with UNAVAILABLE when the server dies', async () => {
     let started = 0;
     const s = await start(() => {
