@@ -114,6 +114,11 @@ describe('scripts/install --root', () => {
       expect(readFileSync(at(to), 'utf8'), to).toBe(readFileSync(join(repo, 'systemd', from), 'utf8'));
       expect(mode(to), to).toBe('644');
     }
+    // kmectl on PATH, running the installed code with the shipped Node binary.
+    expect(readFileSync(at('usr/bin/kmectl'), 'utf8')).toBe(readFileSync(join(repo, 'systemd', 'kmectl'), 'utf8'));
+    expect(mode('usr/bin/kmectl')).toBe('755');
+    expect(readFileSync(at('usr/bin/kmectl'), 'utf8')).toContain('exec /opt/kme/bin/node /opt/kme/dist/scripts/kmectl.js "$@"');
+    expect(existsSync(at('opt/kme/dist/scripts/kmectl.js'))).toBe(true);
     expect(readlinkSync(at('etc/systemd/system/multi-user.target.wants/kme.target'))).toBe('/etc/systemd/system/kme.target');
     expect(readlinkSync(at('etc/systemd/system/kme.target.wants/kme-keypoold.service'))).toBe('/etc/systemd/system/kme-keypoold.service');
     expect(readlinkSync(at('etc/systemd/system/kme.target.wants/kme-api.service'))).toBe('/etc/systemd/system/kme-api.service');
