@@ -104,6 +104,7 @@ async function supervise(desc: DemoDescription, specs: ServiceSpec[], io: RunIo)
     io.out(`try it (from ${desc.root}):`);
     for (const l of curlExamples(desc)) io.out(`  ${l}`);
     io.out(`  ${faultExample(desc)}`);
+    io.out(`  ${[...desc.kmectl, '--node', desc.nodes[0]!.kme_id, 'status'].join(' ')}`);
     io.out('Ctrl-C stops everything.');
     io.out('');
 

@@ -270,7 +270,11 @@ describe('dist/src/demo/run.js (built by `npm test`)', () => {
     );
     const demo = await prepareDemo(root);
     expect(fault.trim().startsWith([...demo.qkd_sim.control, 'link-down', '5'].join(' ') + '  #')).toBe(true);
-    expect(out[out.findIndex((l) => l === fault) + 1]).toBe('Ctrl-C stops everything.');
+    // Then the technician's tool on the first node: demo.json's kmectl argv.
+    const kmectl = out[out.findIndex((l) => l === fault) + 1]!;
+    expect(kmectl).toBe(`  ${[...demo.kmectl, '--node', 'KME_A', 'status'].join(' ')}`);
+    expect(kmectl).toBe('  node dist/scripts/kmectl.js --demo var/demo/demo.json --node KME_A status');
+    expect(out[out.findIndex((l) => l === kmectl) + 1]).toBe('Ctrl-C stops everything.');
     // Pasted into a shell at the root, it reaches the running simulator.
     const { stdout } = await sh('sh', ['-c', fault], { cwd: root });
     expect(JSON.parse(stdout)).toMatchObject({ ok: true, fault: 'link-down', seconds: 5 });
