@@ -91,6 +91,13 @@ export class Rekeyer {
     await this.#running;
   }
 
+  /** Records looked at; those written during the pass raise the total with them, so done never passes it. */
+  #count(n: number): void {
+    const p = this.#progress;
+    p.done += n;
+    if (p.done > p.total) p.total = p.done;
+  }
+
   async #pass(): Promise<void> {
     const { store, ring, batcher, clock, logger } = this.#d;
     const chunk = this.#d.chunk ?? 256;
@@ -117,7 +124,7 @@ export class Rekeyer {
         if (rows.length > 0) lastRow = rows[rows.length - 1]!.r;
         return rows.length;
       });
-      this.#progress.done += n;
+      this.#count(n);
       if (n < chunk) break;
       await clock.sleep(pauseMs);
     }
@@ -135,13 +142,13 @@ export class Rekeyer {
         if (rows.length > 0) lastKey = rows[rows.length - 1]!.key_id;
         return rows.length;
       });
-      this.#progress.done += n;
+      this.#count(n);
       if (n < chunk) break;
       await clock.sleep(pauseMs);
     }
     await ring.dropGenerations(replacing);
     // Records erased during the pass (keys fetched, blocks used up) count as done.
-    this.#progress.done = Math.max(this.#progress.done, this.#progress.total);
+    this.#progress.done = this.#progress.total;
     this.#progress.state = 'done';
     this.#progress.finished_at = new Date(clock.now()).toISOString();
     logger.info({ generation: gen, resealed: this.#progress.resealed }, 'store re-encryption finished; older data keys erased');

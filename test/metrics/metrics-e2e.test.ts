@@ -98,7 +98,13 @@ describe('health, readiness and metrics of the demo daemons', () => {
   it('reports pool depth, the QKD link, the driver, the HSM, the data key, the audit trail and the KME certificate', async () => {
     const net = demoNet();
     for (const id of ['KME_A', 'KME_B']) {
-      const { s, text } = await scrape(net, id, 'kme-keypoold');
+      // The link status is the module's answer to the driver's last poll (every second): give a
+      // freshly started keypoold its first one.
+      let { s, text } = await scrape(net, id, 'kme-keypoold');
+      for (const end = Date.now() + 10_000; value(s, 'kme_qkd_link_up', LINK) !== 1 && Date.now() < end; ) {
+        await new Promise((r) => setTimeout(r, 200));
+        ({ s, text } = await scrape(net, id, 'kme-keypoold'));
+      }
       expect(value(s, 'kme_pool_available_keys', LINK), id).toBeGreaterThan(0);
       expect(value(s, 'kme_pool_stored_bits', LINK)).toBeGreaterThan(0);
       expect(value(s, 'kme_pool_blocks', LINK)).toBeGreaterThan(0);
