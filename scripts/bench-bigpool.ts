@@ -71,25 +71,17 @@ import {
   BenchError, ROOT, abs, addTempDir, cleanup, cpuSeconds, describePhase, fmt, getJson, hostPort, installSignalHandlers, logIssueTotal,
   logIssues, memoryOf, out, pad, prepareNet, runLoad, saeTls, setMeasuring, skipped, sleep, startNetwork, stripTls,
   waitForStatus, wasInterrupted, type MemoryFigures, type Net, type Phase,
+  CLIENTS, DEC_PATH, ENC_PATH, KEY_BITS, NOISE_LIMIT_PCT, PLANNED_MAX_ENC_RPS, WARMUP_MS,
 } from './bench-net.js';
 
-const CLIENTS = 16;
-const WARMUP_MS = 1_000;
-const KEY_BITS = 256;
 const BIG_KEYS = 1_000_000;
 /** Simulated secret key rate of both networks: far above what keypoold stores, so the fill runs at ingestion speed. */
 const RATE_BPS = 200_000_000;
-/** As bench.ts: the enc phase stops after this many keys per second of phase. */
-const PLANNED_MAX_ENC_RPS = 5_000;
 const FILL_TIMEOUT_MS = 180_000;
 const RESTART_TIMEOUT_MS = 30_000;
 const POLL_MS = 20;
-/** Above this % of one core used by processes outside the benchmark, the run is flagged as noisy. */
-const NOISE_LIMIT_PCT = 20;
 const TARGETS = { rssMb: 250, restartMs: 3_000, ratio: 0.9 };
 
-const ENC_PATH = '/api/v1/keys/SAE_B1/enc_keys?number=1&size=256';
-const DEC_PATH = '/api/v1/keys/SAE_A1/dec_keys?key_ID=';
 const STATUS_PATH = '/api/v1/keys/SAE_B1/status';
 const STATUS_ARGS = { caller: 'SAE_A1', slave: 'SAE_B1' };
 

@@ -23,6 +23,17 @@ export const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 export const READY_TIMEOUT_MS = 20_000;
 export const STOCK_TIMEOUT_MS = 60_000;
 
+/** The load both ETSI benches put on a node: 16 keep-alive mTLS clients, a 1 s warm-up, 256-bit keys. */
+export const CLIENTS = 16;
+export const WARMUP_MS = 1_000;
+export const KEY_BITS = 256;
+/** Upper bound on the enc rate keys are planned for; an enc phase stops if it uses them all. */
+export const PLANNED_MAX_ENC_RPS = 5_000;
+/** Above this % of one core used by processes outside the benchmark, the run is flagged as noisy. */
+export const NOISE_LIMIT_PCT = 20;
+export const ENC_PATH = '/api/v1/keys/SAE_B1/enc_keys?number=1&size=256';
+export const DEC_PATH = '/api/v1/keys/SAE_A1/dec_keys?key_ID=';
+
 export const out = (line = '') => process.stdout.write(line + '\n');
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 

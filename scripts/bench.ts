@@ -28,21 +28,13 @@ import {
   BenchError, READY_TIMEOUT_MS, ROOT, abs, addTempDir, cleanup, describePhase, fmt, hostPort, installSignalHandlers,
   logIssueTotal, logIssues, out, pad, prepareNet, runLoad, saeTls, setMeasuring, skipped, sleep, start, startNetwork,
   stripTls, waitForStatus, wasInterrupted, type Phase,
+  CLIENTS, DEC_PATH, ENC_PATH, KEY_BITS, NOISE_LIMIT_PCT, PLANNED_MAX_ENC_RPS, WARMUP_MS,
 } from './bench-net.js';
 
-const CLIENTS = 16;
-const WARMUP_MS = 1_000;
 /** Simulated secret key rate: enough to refill what 5,000 enc_keys/s consume, in both directions. */
 const RATE_BPS = 4_000_000;
-const KEY_BITS = 256;
-/** Upper bound on the enc rate we plan keys for; the enc phase stops if it uses them all. */
-const PLANNED_MAX_ENC_RPS = 5_000;
-/** Above this % of one core used by processes outside the benchmark, the run is flagged as noisy. */
-const NOISE_LIMIT_PCT = 20;
 const TARGETS = { encRatio: 0.5, decRatio: 0.6, p99Ms: 25 };
 
-const ENC_PATH = '/api/v1/keys/SAE_B1/enc_keys?number=1&size=256';
-const DEC_PATH = '/api/v1/keys/SAE_A1/dec_keys?key_ID=';
 const STATUS_PATH = '/api/v1/keys/SAE_A2/status';
 
 async function startBare(desc: DemoDescription): Promise<number> {

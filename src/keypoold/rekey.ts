@@ -9,6 +9,7 @@
  * start (records already done are skipped cheaply).
  */
 import type { Logger } from '../common/logger.js';
+import type { RotationStatus } from '../ipc/pool-protocol.js';
 import type { Clock } from '../../drivers/types.js';
 import { blockAad, keyAad } from './block-aad.js';
 import type { DataKeyRing } from './data-key.js';
@@ -16,20 +17,8 @@ import { Sealer } from './seal.js';
 import type { Store } from './store.js';
 import type { TxBatcher } from './tx-batcher.js';
 
-export interface RekeyProgress {
-  state: 'idle' | 'running' | 'done' | 'failed';
-  /** The data key generation records are being sealed with. */
-  generation: number;
-  /** Generations being replaced. */
-  replacing: number[];
-  /** Records looked at, and how many there were when the pass began. */
-  done: number;
-  total: number;
-  resealed: number;
-  started_at?: string;
-  finished_at?: string;
-  error?: string;
-}
+/** The progress of a pass, as the maintenance tools see it (pool-protocol.ts). */
+export type RekeyProgress = RotationStatus['data_key'];
 
 export interface RekeyDeps {
   store: Store;
