@@ -228,7 +228,7 @@ export class LinkPool {
   /** The owner says every block it owns below `below` is fully carved and sent. */
   erasePeerBlocksBelow(below: number): void {
     this.#store.s.erasePeerData.run({ link: this.opts.linkId, below });
-    this.#store.s.erasePeerBlocks.run(this.opts.linkId, below);
+    this.#store.s.erasePeerBlocks.run({ link: this.opts.linkId, below });
   }
 
   /**

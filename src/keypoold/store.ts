@@ -62,6 +62,9 @@ CREATE TABLE IF NOT EXISTS blocks (
   link TEXT NOT NULL, block_id INTEGER NOT NULL, bits INTEGER NOT NULL,
   mine INTEGER NOT NULL, start_bit INTEGER NOT NULL,
   PRIMARY KEY (link, block_id)) WITHOUT ROWID;
+-- Each side's blocks apart: the peer's spent blocks are erased by a range below a bound, and the
+-- owner looks for its lowest unused block, without walking the other side's blocks in between.
+CREATE INDEX IF NOT EXISTS blocks_by_owner ON blocks(link, mine, block_id);
 CREATE TABLE IF NOT EXISTS block_data (
   link TEXT NOT NULL, block_id INTEGER NOT NULL, sealed BLOB NOT NULL,
   PRIMARY KEY (link, block_id));
@@ -136,19 +139,21 @@ export class Store {
       blockDelete: db.prepare('DELETE FROM blocks WHERE link = ? AND block_id = ?'),
       dataDelete: db.prepare('DELETE FROM block_data WHERE link = ? AND block_id = ?'),
       ownedBlocks: db.prepare<[string, number, number, number], BlockMeta>(
-        'SELECT * FROM blocks WHERE link = ? AND mine = 1 AND block_id <= ? AND block_id > ? ORDER BY block_id LIMIT ?',
+        'SELECT * FROM blocks INDEXED BY blocks_by_owner WHERE link = ? AND mine = 1 AND block_id <= ? AND block_id > ? ORDER BY block_id LIMIT ?',
       ),
       ownedBits: db.prepare<[string, number], { n: number | null }>(
-        'SELECT sum(bits - start_bit) AS n FROM blocks WHERE link = ? AND mine = 1 AND block_id <= ?',
+        'SELECT sum(bits - start_bit) AS n FROM blocks INDEXED BY blocks_by_owner WHERE link = ? AND mine = 1 AND block_id <= ?',
       ),
       lowestOwned: db.prepare<[string], { b: number | null }>('SELECT min(block_id) AS b FROM blocks WHERE link = ? AND mine = 1'),
       blockStats: db.prepare<[string], { n: number; bits: number | null }>(
         'SELECT count(*) AS n, sum(bits - start_bit) AS bits FROM blocks WHERE link = ?',
       ),
       erasePeerData: db.prepare(
-        'DELETE FROM block_data WHERE link = @link AND block_id IN (SELECT block_id FROM blocks WHERE link = @link AND mine = 0 AND block_id < @below)',
+        'DELETE FROM block_data WHERE link = @link AND block_id IN (SELECT block_id FROM blocks INDEXED BY blocks_by_owner WHERE link = @link AND mine = 0 AND block_id < @below)',
       ),
-      erasePeerBlocks: db.prepare('DELETE FROM blocks WHERE link = ? AND mine = 0 AND block_id < ?'),
+      erasePeerBlocks: db.prepare(
+        'DELETE FROM blocks WHERE link = @link AND block_id IN (SELECT block_id FROM blocks INDEXED BY blocks_by_owner WHERE link = @link AND mine = 0 AND block_id < @below)',
+      ),
       resGet: db.prepare<[string], ReservationRow>('SELECT * FROM reservations WHERE rid = ?'),
       resPut: db.prepare(
         `INSERT INTO reservations (rid, link, role, state, master, slaves, key_ids, size, expires_at, created_at, peer_acked, first_block, last_block)
