@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS blocks (
   PRIMARY KEY (link, block_id)) WITHOUT ROWID;
 -- Each side's blocks apart: the peer's spent blocks are erased by a range below a bound, and the
 -- owner looks for its lowest unused block, without walking the other side's blocks in between.
-CREATE INDEX IF NOT EXISTS blocks_by_owner ON blocks(link, mine, block_id);
+-- Covering (bits, start_bit): counting a side's unused bits reads this index alone.
+CREATE INDEX IF NOT EXISTS blocks_by_owner ON blocks(link, mine, block_id, bits, start_bit);
 CREATE TABLE IF NOT EXISTS block_data (
   link TEXT NOT NULL, block_id INTEGER NOT NULL, sealed BLOB NOT NULL,
   PRIMARY KEY (link, block_id));
