@@ -48,12 +48,14 @@ export async function runIngest(d: IngestDeps, signal: AbortSignal): Promise<voi
         }
         if (batch.length < SMALL_BATCH && gatherMs > 0) await d.clock.sleep(gatherMs, signal);
         // Full (max_key_count each way): pull no more, so the module gets no credit and holds back.
+        // At the edge of full, look again only every pollMs: a count is a scan of the link's blocks.
         if (bound >= capacity || d.clock.now() - lastScan >= pollMs) {
           for (;;) {
+            const since = d.clock.now() - lastScan;
+            if (bound >= capacity && since < pollMs) await d.clock.sleep(pollMs - since, signal);
             lastScan = d.clock.now();
             bound = d.pool.stats().bits;
             if (signal.aborted || bound < capacity) break;
-            await d.clock.sleep(pollMs, signal);
           }
         }
       }

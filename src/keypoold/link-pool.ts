@@ -197,17 +197,19 @@ export class LinkPool {
 
   /**
    * Burn (erase) this side's oldest owned blocks while it holds more than `maxBits` uncarved
-   * bits in owned blocks: key nobody asked for in time is dropped, as a full module would.
+   * bits in owned blocks the peer holds too (up to `peerHw`): key nobody asked for in time is
+   * dropped, as a full module would.
    * Owned blocks are only ever erased oldest first, so erasableBelow() stays true. Run in a
    * transaction. Returns the number of blocks burnt.
    */
-  trimOwned(maxBits: number): number {
+  trimOwned(maxBits: number, peerHw: number): number {
     const link = this.opts.linkId;
-    let excess = (this.#store.s.ownedBits.get(link, Number.MAX_SAFE_INTEGER)?.n ?? 0) - maxBits;
+    // Counted as ownedAvailableBits counts (blocks the peer holds too): what this side can promise.
+    let excess = (this.#store.s.ownedBits.get(link, peerHw)?.n ?? 0) - maxBits;
     let burnt = 0;
     let after = -1;
     while (excess > 0) {
-      const rows = this.#store.s.ownedBlocks.all(link, Number.MAX_SAFE_INTEGER, after, 64);
+      const rows = this.#store.s.ownedBlocks.all(link, peerHw, after, 64);
       if (rows.length === 0) break;
       for (const r of rows) {
         if (excess <= 0) break;

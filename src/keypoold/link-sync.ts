@@ -289,7 +289,8 @@ export class LinkSync {
     // the peer erase its copies.
     if (this.#d.maxOwnedBits !== undefined) {
       const max = this.#d.maxOwnedBits;
-      const burnt = await batcher.runVolatile(() => pool.trimOwned(max));
+      const peerHw = this.#peerHw;
+      const burnt = peerHw < 0 ? 0 : await batcher.runVolatile(() => pool.trimOwned(max, peerHw));
       if (burnt > 0) this.#d.logger.debug({ link: this.linkId, blocks: burnt }, 'oldest unused blocks burnt: pool full in this direction');
     }
     try {
