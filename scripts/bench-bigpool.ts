@@ -72,6 +72,7 @@ import {
   logIssues, memoryOf, out, pad, prepareNet, runLoad, saeTls, setMeasuring, skipped, sleep, startNetwork, stripTls,
   waitForStatus, wasInterrupted, type MemoryFigures, type Net, type Phase,
   CLIENTS, DEC_PATH, ENC_PATH, KEY_BITS, NOISE_LIMIT_PCT, PLANNED_MAX_ENC_RPS, WARMUP_MS,
+  machineFacts,
 } from './bench-net.js';
 
 const BIG_KEYS = 1_000_000;
@@ -540,13 +541,10 @@ async function bench(): Promise<number> {
   const report = {
     when: new Date().toISOString(),
     ok,
-    node: process.version,
-    cpus: cpus().length,
-    cpu_model: cpus()[0]?.model,
+    ...machineFacts(),
     other_node_processes_at_start: othersAtStart,
     machine_quiet: quiet,
     other_processes_max_pct_of_core: othersMax,
-    loadavg_1min_at_end: Math.round(loadavg()[0]! * 100) / 100,
     clients: CLIENTS,
     warmup_seconds: WARMUP_MS / 1000,
     seconds,

@@ -8,6 +8,7 @@
  * One benchmark per process: the state below (children, temp folders, the
  * "measuring" flag) is module-wide.
  */
+import { cpus, loadavg } from 'node:os';
 import { execFileSync } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'node:https';
@@ -463,6 +464,16 @@ export function describePhase(name: string, p: Phase): void {
 }
 
 // ---------------------------------------------------------------- report
+
+/** The machine a report was measured on, for the JSON results. */
+export function machineFacts() {
+  return {
+    node: process.version,
+    cpus: cpus().length,
+    cpu_model: cpus()[0]?.model,
+    loadavg_1min_at_end: Math.round(loadavg()[0]! * 100) / 100,
+  };
+}
 
 export const fmt = (x: number | undefined, digits = 1) => (x === undefined || !Number.isFinite(x) ? '-' : x.toFixed(digits));
 export const pad = (s: string, n: number) => s.padStart(n);

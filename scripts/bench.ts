@@ -29,6 +29,7 @@ import {
   logIssueTotal, logIssues, out, pad, prepareNet, runLoad, saeTls, setMeasuring, skipped, sleep, start, startNetwork,
   stripTls, waitForStatus, wasInterrupted, type Phase,
   CLIENTS, DEC_PATH, ENC_PATH, KEY_BITS, NOISE_LIMIT_PCT, PLANNED_MAX_ENC_RPS, WARMUP_MS,
+  machineFacts,
 } from './bench-net.js';
 
 /** Simulated secret key rate: enough to refill what 5,000 enc_keys/s consume, in both directions. */
@@ -220,12 +221,9 @@ async function bench(): Promise<number> {
   const report = {
     when: new Date().toISOString(),
     ok,
-    node: process.version,
-    cpus: cpus().length,
-    cpu_model: cpus()[0]?.model,
+    ...machineFacts(),
     machine_quiet: quiet,
     other_processes_max_pct_of_core: othersMax,
-    loadavg_1min_at_end: Math.round(loadavg()[0]! * 100) / 100,
     clients: CLIENTS,
     warmup_seconds: WARMUP_MS / 1000,
     seconds,

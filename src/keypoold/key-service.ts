@@ -144,14 +144,15 @@ export class KeyService {
       }
       return { keys: encode(issued) };
     } catch (e) {
-      this.#refused(a.caller, slaves, e, a.number);
+      this.#refused(e, { master: a.caller, slaves, count: a.number });
       throw e;
     }
   }
 
-  #refused(master: string, slaves: string[], e: unknown, count: number): void {
+  /** A refused request in the audit trail: who asked, and the reason the caller was given. */
+  #refused(e: unknown, who: { master: string; slaves?: string[]; sae?: string; count: number }): void {
     if (!(e instanceof KmeError)) return;
-    this.#d.audit?.record({ event: 'refused', master, slaves, count, reason: `${e.code}: ${e.message}`.slice(0, 200) });
+    this.#d.audit?.record({ event: 'refused', ...who, reason: `${e.code}: ${e.message}`.slice(0, 200) });
   }
 
   async #encKeys(a: EncKeysArgs, slaves: string[]): Promise<IssuedKey[]> {
@@ -201,9 +202,7 @@ export class KeyService {
     try {
       return await this.#decKeys(a);
     } catch (e) {
-      if (e instanceof KmeError) {
-        this.#d.audit?.record({ event: 'refused', sae: a.caller, master: a.master, count: a.key_ids.length, reason: `${e.code}: ${e.message}`.slice(0, 200) });
-      }
+      this.#refused(e, { sae: a.caller, master: a.master, count: a.key_ids.length });
       throw e;
     }
   }
